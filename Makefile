@@ -1,0 +1,64 @@
+# slmc_hpc: `make install` builds everything on a fresh Debian 12 machine, `make test` runs the suite.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE := $(VENV)/lib/python3.11/site-packages
+# One MPI (Debian's OpenMPI) for mpi4py, parallel HDF5 and complex PETSc/SLEPc.
+APT_PACKAGES := openmpi-bin libopenmpi-dev python3-mpi4py python3-h5py-mpi \
+	python3-petsc4py-complex python3-slepc4py-complex libopenblas0-pthread \
+	python3-venv python3-dev slurmctld slurmd slurm-client munge
+PETSC_COMPLEX := /usr/lib/petscdir/petsc3.18/x86_64-linux-gnu-complex/lib/python3/dist-packages
+SLEPC_COMPLEX := /usr/lib/slepcdir/slepc3.18/x86_64-linux-gnu-complex/lib/python3/dist-packages
+# Run as root on a 2-core machine: OpenMPI needs these (harmless elsewhere).
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+export H5PY_ALWAYS_USE_MPI := 1
+
+.PHONY: install apt venv test test-fast test-cluster bench lint demo clean
+
+install: apt $(VENV)/.installed
+
+# Installs only the Debian packages that are missing, so a second run is quick.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "Debian packages: all present"; fi
+
+$(VENV)/bin/python:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+# pip never replaces Debian's numpy (numpy 2 breaks the Debian-built h5py/mpi4py/petsc4py ABI).
+$(VENV)/.installed: $(VENV)/bin/python requirements.txt setup.py
+	/usr/bin/python3 -c "import numpy; print('numpy==' + numpy.__version__)" > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -r requirements.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-deps pyerrors
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-deps --no-build-isolation -e .
+	printf '%s\n%s\n' "$(PETSC_COMPLEX)" "$(SLEPC_COMPLEX)" > $(SITE)/slmc_complex_petsc.pth
+	$(PY) tools/check_stack.py
+	touch $@
+
+test: install
+	$(PY) -m ruff check slmc_hpc tests tools
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The real-SLURM tests (slurmctld/slurmd/munge on localhost); part of `make test` too.
+test-cluster: install
+	$(PY) -m pytest -q tests -m cluster
+
+bench: install
+	$(PY) tools/bench_evaluators.py
+	$(PY) tools/bench_slmc.py
+
+lint: install
+	$(PY) -m ruff check slmc_hpc tests tools
+
+# A real small job on the embedded default configuration, on 2 ranks.
+demo: install
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun -n 2 $(VENV)/bin/python -m mpi4py -m slmc_hpc run jobs/examples/quickstart.yaml
+	$(VENV)/bin/slmc-hpc analyze runs/quickstart
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,30 @@
+"""Everything that touches MPI: communicators, chain distribution, RNG streams, reductions.
+
+A chain's random numbers come from its own stream, derived from (seed, global chain index), so
+its history does not depend on how many ranks run it (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def chain_rng(seed: int, chain: int) -> np.random.Generator:
+    """The random stream of global chain `chain`: PCG64 seeded by SeedSequence(seed, spawn_key=(chain,))."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(chain,))))
+
+
+def chain_rngs(seed: int, chains: range | list[int]) -> list[np.random.Generator]:
+    return [chain_rng(seed, c) for c in chains]
+
+
+def local_chains(chains_per_rank: int, rank: int) -> range:
+    """Global indices of the chains that rank `rank` runs (contiguous blocks)."""
+    return range(rank * chains_per_rank, (rank + 1) * chains_per_rank)
+
+
+def world():
+    """MPI.COMM_WORLD (imported lazily so that the physics modules never need MPI)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
