@@ -1,0 +1,9 @@
+"""Error types that the CLI turns into a clear message and exit status 2."""
+
+
+class InputError(Exception):
+    """Bad user input: a config, a checkpoint or a run directory. Nothing was written."""
+
+
+class ConfigError(InputError):
+    """A configuration value is wrong; the message names the key path, the value and the expectation."""
