@@ -28,3 +28,29 @@ def world():
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
+
+
+def allreduce_sum(comm, array: np.ndarray) -> np.ndarray:
+    """Element-wise sum over the ranks of `comm` (a copy on every rank; identity without MPI)."""
+    array = np.ascontiguousarray(array)
+    if comm is None or comm.Get_size() == 1:
+        return array.copy()
+    from mpi4py import MPI
+
+    out = np.empty_like(array)
+    comm.Allreduce(array, out, op=MPI.SUM)
+    return out
+
+
+def broadcast(comm, obj, root: int = 0):
+    """Rank `root`'s object on every rank (identity without MPI)."""
+    if comm is None or comm.Get_size() == 1:
+        return obj
+    return comm.bcast(obj, root=root)
+
+
+def broadcast_array(comm, array: np.ndarray, root: int = 0) -> np.ndarray:
+    """Rank `root`'s array, bit for bit, on every rank (in place, returned for convenience)."""
+    if comm is not None and comm.Get_size() > 1:
+        comm.Bcast(array, root=root)
+    return array
