@@ -1,0 +1,109 @@
+"""Samplers against results computed without Monte Carlo (DESIGN §2).
+
+On two sites (lx=2, ly=1) Ω depends only on c = S_1·S_2, and c is uniform on [-1, 1] under the
+uniform measure of two spins, so <c> = ∫ c W(c) dc / ∫ W(c) dc is a 1D quadrature. Chains are
+independent, so the error bar is the standard error of the per-chain means.
+"""
+
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+from slmc_hpc.evaluators import make_evaluator
+from slmc_hpc.physics import DoubleExchange
+from slmc_hpc.samplers import ExactLocalSampler, SLMCSampler, init_chains
+from tests.conftest import REPO, mpirun
+
+TWO_SITE_POINTS = [(2.0, 0.3, 0.0), (3.0, 0.3, -1.5)]  # (J, T, mu): <c> = 0.177 and -0.374
+
+
+def two_site_expectation(model: DoubleExchange) -> float:
+    def omega(c: float) -> float:
+        return float(model.omega(np.array([[0.0, 0.0, 1.0], [np.sqrt(1.0 - c * c), 0.0, c]])))
+
+    reference = omega(1.0)
+    weight = lambda c: np.exp(-(omega(c) - reference) / model.T)
+    return quad(lambda c: c * weight(c), -1, 1)[0] / quad(weight, -1, 1)[0]
+
+
+def chain_means_of_bond(state_history: list[np.ndarray]) -> np.ndarray:
+    bonds = np.array([np.einsum("bk,bk->b", s[:, 0], s[:, 1]) for s in state_history])  # [steps, B]
+    return bonds.mean(axis=0)
+
+
+def assert_within_three_sigma(chain_means: np.ndarray, exact: float) -> None:
+    mean = chain_means.mean()
+    error = chain_means.std(ddof=1) / np.sqrt(len(chain_means))
+    assert abs(mean - exact) < 3 * error, f"MC {mean:.5f} ± {error:.5f} vs quadrature {exact:.5f}"
+    assert error < 0.02, "test too short to be meaningful"
+
+
+@pytest.mark.parametrize("J,T,mu", TWO_SITE_POINTS)
+def test_exact_local_mc_matches_quadrature(J, T, mu):
+    model = DoubleExchange(lx=2, ly=1, hoppings={1: 1.0}, J=J, mu=mu, T=T)
+    sampler = ExactLocalSampler(make_evaluator("dense", model))
+    state = init_chains(sampler.evaluator, seed=11, chains=range(128))
+    for _ in range(50):
+        sampler.sweep(state)
+    history = []
+    for _ in range(400):
+        sampler.sweep(state)
+        history.append(state.spins.copy())
+    assert_within_three_sigma(chain_means_of_bond(history), two_site_expectation(model))
+
+
+class WrongCouplingModel:
+    """A deliberately poor deterministic H_eff = -a S_1·S_2 (the SLMC result must not depend on it)."""
+
+    kind = "test"
+
+    def __init__(self, coupling: float):
+        self.coupling = coupling
+
+    def energy(self, spins):
+        return -self.coupling * np.einsum("bk,bk->b", spins[:, 0], spins[:, 1])
+
+    def delta_energy(self, spins, sites, new_spins, energy=None):
+        after = spins.copy()
+        after[np.arange(len(sites)), sites] = new_spins
+        return self.energy(after) - self.energy(spins)
+
+
+@pytest.mark.parametrize("coupling", [0.0, -0.5])
+def test_slmc_with_a_poor_model_matches_quadrature(coupling):
+    J, T, mu = TWO_SITE_POINTS[1]
+    model = DoubleExchange(lx=2, ly=1, hoppings={1: 1.0}, J=J, mu=mu, T=T)
+    sampler = SLMCSampler(make_evaluator("dense", model), WrongCouplingModel(coupling), inner_sweeps=2)
+    state = init_chains(sampler.evaluator, seed=12, chains=range(128))
+    for _ in range(50):
+        sampler.step(state)
+    history, acceptance = [], []
+    for _ in range(600):
+        info = sampler.step(state)
+        acceptance.append(info.accepted.mean())
+        history.append(state.spins.copy())
+    assert 0.05 < np.mean(acceptance) < 0.95
+    assert_within_three_sigma(chain_means_of_bond(history), two_site_expectation(model))
+
+
+def test_chain_history_does_not_depend_on_batch_split():
+    model = DoubleExchange(lx=4, ly=2, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.1)
+    evaluator = make_evaluator("dense", model)
+    whole = init_chains(evaluator, seed=5, chains=range(4))
+    parts = [init_chains(evaluator, seed=5, chains=range(0, 1)), init_chains(evaluator, seed=5, chains=range(1, 4))]
+    for _ in range(3):
+        ExactLocalSampler(evaluator).sweep(whole)
+        for part in parts:
+            ExactLocalSampler(evaluator).sweep(part)
+    assert np.array_equal(whole.spins, np.concatenate([p.spins for p in parts]))
+
+
+@pytest.mark.mpi
+def test_exact_mc_same_histories_on_one_and_two_ranks(tmp_path):
+    script = str(REPO / "tests" / "mpi_scripts" / "sampler_histories.py")
+    one, two = tmp_path / "one.npy", tmp_path / "two.npy"
+    mpirun(1, [script, str(one)])
+    mpirun(2, [script, str(two)])
+    a, b = np.load(one), np.load(two)
+    assert a.shape == (4, 3, 16, 3)
+    assert np.array_equal(a, b), "chain histories differ between 1 and 2 ranks"
