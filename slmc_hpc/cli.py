@@ -1,0 +1,184 @@
+"""`slmc-hpc`: the command line (run, status, analyze, plot, config).
+
+Bad input (InputError, ConfigError) is reported once, by rank 0, as `slmc-hpc: error: ...` with exit
+status 2 and nothing written: validation happens before the driver creates `output.dir`. Anything
+else is a crash: every rank prints its traceback, and under MPI the job is aborted so that no rank
+waits forever in a collective. MPI is never initialised just to report bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from slmc_hpc import __version__
+from slmc_hpc.config import Config, default_config, load_config, to_yaml
+from slmc_hpc.errors import InputError
+
+PROG = "slmc-hpc"
+# Under MPI, ranks other than 0 wait this long before aborting on bad input, so that rank 0's message
+# comes first (it aborts the job, and them); if rank 0 is stuck elsewhere, they report it themselves.
+ABORT_GRACE_S = 3.0
+# Set by mpirun/srun for each process, before MPI_Init: (size variable, rank variable).
+LAUNCHER_ENV = (
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+    ("PMI_SIZE", "PMI_RANK"),
+    ("PMIX_SIZE", "PMIX_RANK"),
+)
+
+
+def _mpi_already_initialised() -> bool:
+    return "mpi4py.MPI" in sys.modules
+
+
+def _launcher_rank_size() -> tuple[int, int] | None:
+    """(rank, size) from the launcher's environment, or None when not started by mpirun/srun."""
+    for size_var, rank_var in LAUNCHER_ENV:
+        if size_var in os.environ:
+            return int(os.environ.get(rank_var, "0")), int(os.environ[size_var])
+    return None
+
+
+def _rank_size(initialise: bool) -> tuple[int, int]:
+    """This process's (rank, size); initialises MPI only if asked and the process runs under a launcher."""
+    if _mpi_already_initialised() or (initialise and _launcher_rank_size() is not None):
+        from slmc_hpc.parallel import world
+
+        comm = world()
+        return comm.Get_rank(), comm.Get_size()
+    return _launcher_rank_size() or (0, 1)
+
+
+def _config(path: str | None) -> Config:
+    return default_config() if path is None else load_config(path)
+
+
+def _run_dir(path: str) -> Path:
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise InputError(f"run directory not found: {run_dir}")
+    return run_dir
+
+
+def _print_result(result: object) -> None:
+    if isinstance(result, str):
+        print(result)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args.config)  # validated before anything touches the disk or MPI
+    from slmc_hpc.driver import run_simulation
+
+    run_simulation(config, force=args.force)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args.run_dir)
+    from slmc_hpc.driver import status_report
+
+    print(status_report(run_dir))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args.run_dir)
+    from slmc_hpc.analysis import analyze_run
+
+    _print_result(analyze_run(run_dir, csv=args.csv))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args.run_dir)
+    from slmc_hpc.plots import plot_run
+
+    _print_result(plot_run(run_dir))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(to_yaml(_config(args.config)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Self-learning Monte Carlo for the double-exchange model, with MPI.",
+        epilog="Under MPI: mpirun -n 4 python -m mpi4py -m slmc_hpc run job.yaml",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run (or resume) a simulation; writes output.dir/run.h5")
+    run.add_argument("config", nargs="?", metavar="CONFIG", help="YAML job file (default: the embedded defaults)")
+    run.add_argument("--force", action="store_true", help="resume even if the configuration changed")
+    run.set_defaults(handler=cmd_run)
+
+    status = sub.add_parser("status", help="progress of a run, finished or still going")
+    status.add_argument("run_dir", metavar="RUN_DIR")
+    status.set_defaults(handler=cmd_status)
+
+    analyze = sub.add_parser("analyze", help="means, errors and autocorrelation times -> RUN_DIR/results.json")
+    analyze.add_argument("run_dir", metavar="RUN_DIR")
+    analyze.add_argument("--csv", action="store_true", help="also write the results as CSV")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    plot = sub.add_parser("plot", help="time series, training loss and S(q) figures")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.set_defaults(handler=cmd_plot)
+
+    config = sub.add_parser("config", help="print the resolved configuration (defaults included) as YAML")
+    config.add_argument("config", nargs="?", metavar="CONFIG", help="YAML job file (default: the embedded defaults)")
+    config.set_defaults(handler=cmd_config)
+    return parser
+
+
+def _report_input_error(exc: InputError) -> int:
+    """One message from rank 0, exit status 2. MPI is not initialised for this.
+
+    Config errors are found before MPI starts, on every rank alike. If MPI is already running (bad
+    input found later, e.g. by the driver), some ranks may be waiting in a collective: abort the job.
+    """
+    rank, size = _rank_size(initialise=False)
+    if _mpi_already_initialised() and size > 1:
+        if rank != 0:
+            time.sleep(ABORT_GRACE_S)
+        sys.stderr.write(f"{PROG}: error{f' (rank {rank})' if rank else ''}: {exc}\n")
+        sys.stderr.flush()
+        from slmc_hpc.parallel import world
+
+        world().Abort(2)
+    if rank == 0:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    return 2
+
+
+def _report_crash() -> int:
+    """Print the traceback with the rank; under MPI abort the whole job so that no rank hangs."""
+    rank, size = _rank_size(initialise=True)
+    sys.stderr.write(f"{PROG}: rank {rank}: unexpected error\n{traceback.format_exc()}")
+    sys.stderr.flush()
+    if size > 1:
+        from slmc_hpc.parallel import world
+
+        world().Abort(1)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        return _report_input_error(exc)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except Exception:
+        return _report_crash()

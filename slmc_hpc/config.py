@@ -1,0 +1,455 @@
+"""Run configuration: YAML -> validated, frozen dataclasses (DESIGN §7).
+
+Everything is checked before anything runs, so a typo in a job file costs seconds, not a queue
+slot: each problem raises `ConfigError` with one message naming the key path, the value and what
+was expected. Partial files are merged over the defaults section by section (a key that is a
+mapping of its own, `model.hoppings`, is replaced as a whole). Relative paths (`output.dir`,
+`effective.load`) are relative to the working directory of the run, as on a cluster job.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from slmc_hpc.errors import ConfigError
+
+# DESIGN §7 verbatim: the embedded defaults, and the commented template that `to_yaml` fills in.
+DEFAULT_YAML = """\
+model:
+  lx: 6
+  ly: 6
+  hoppings: {1: 1.0}      # t_n per neighbour shell n
+  J: 1.0
+  mu: 0.0
+  T: 0.05
+evaluator:
+  kind: dense             # dense | cupy | slepc
+  ranks_per_config: 1     # slepc: ranks that share one diagonalisation
+effective:
+  kind: transformer       # linear | transformer
+  n_J: 3                  # shells of the Heisenberg read-out
+  n_layers: 2             # transformer: attention layers
+  n_att: 6                # transformer: attention over shells 0..n_att
+  load: null              # an earlier run's HDF5 file whose trained model to use (skips training)
+training:
+  warmup_sweeps: 100      # exact local MC sweeps that collect the first data
+  rounds: 5               # sample-then-train rounds
+  outer_steps_per_round: 50
+  steps_per_round: 200    # optimizer steps per round
+  batch_size: 64
+  lr: 1.0e-3
+  weight_decay: 1.0e-4
+  max_samples: 20000      # per rank: training configurations kept (oldest dropped first)
+sampler:
+  kind: slmc              # exact | slmc
+  chains_per_rank: 8
+  inner_sweeps: 1         # slmc: inner sweeps (N proposals each) per outer step
+  thermalization: 100     # outer steps (slmc) or sweeps (exact) before measuring
+  measurements: 1000
+  measure_every: 1
+output:
+  dir: runs/demo
+  checkpoint_every: 300   # seconds
+seed: 1234
+"""
+
+# Keys that may change when a run is resumed from its checkpoint (more or less production, I/O cadence).
+RESUMABLE_KEYS = frozenset({"sampler.measurements", "sampler.measure_every", "output.checkpoint_every"})
+
+EVALUATOR_KINDS = ("dense", "cupy", "slepc")
+EFFECTIVE_KINDS = ("linear", "transformer")
+SAMPLER_KINDS = ("exact", "slmc")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    lx: int
+    ly: int
+    hoppings: dict[int, float]
+    J: float
+    mu: float
+    T: float
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    kind: str
+    ranks_per_config: int
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    kind: str
+    n_J: int
+    n_layers: int
+    n_att: int
+    load: str | None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    warmup_sweeps: int
+    rounds: int
+    outer_steps_per_round: int
+    steps_per_round: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    max_samples: int
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    kind: str
+    chains_per_rank: int
+    inner_sweeps: int
+    thermalization: int
+    measurements: int
+    measure_every: int
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str
+    checkpoint_every: float
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    evaluator: EvaluatorConfig
+    effective: EffectiveConfig
+    training: TrainingConfig
+    sampler: SamplerConfig
+    output: OutputConfig
+    seed: int
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "evaluator": EvaluatorConfig,
+    "effective": EffectiveConfig,
+    "training": TrainingConfig,
+    "sampler": SamplerConfig,
+    "output": OutputConfig,
+}
+
+
+# ----------------------------------------------------------------------------------------------- values
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML (null, true, 'text', 1.5)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_show(k)}: {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def _got(value: Any) -> str:
+    return f"got {_show(value)} ({type(value).__name__})"
+
+
+def _integer(path: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected an integer, {_got(value)}")
+    return value
+
+
+def _number(path: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}: expected a number, {_got(value)}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, got {_show(value)}")
+    return float(value)
+
+
+def _text(path: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, {_got(value)}")
+    return value
+
+
+def _optional_text(path: str, value: Any) -> str | None:
+    return None if value is None else _text(path, value)
+
+
+def _hoppings(path: str, value: Any) -> dict[int, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{path}: expected a mapping of neighbour shell n >= 1 to t_n, e.g. {{1: 1.0}}, {_got(value)}"
+        )
+    out = {}
+    for shell, t in value.items():
+        if isinstance(shell, bool) or not isinstance(shell, int) or shell < 1:
+            raise ConfigError(f"{path}: keys must be neighbour shells (integers >= 1), got key {_show(shell)}")
+        out[shell] = _number(f"{path}.{shell}", t)
+    return out
+
+
+def _choice(*options: str) -> Callable[[str, Any], str]:
+    def check(path: str, value: Any) -> str:
+        if _text(path, value) not in options:
+            raise ConfigError(f"{path}: must be one of {' | '.join(options)}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _bounded(convert: Callable[[str, Any], Any], ok: Callable[[Any], bool], expected: str):
+    def check(path: str, value: Any) -> Any:
+        converted = convert(path, value)
+        if not ok(converted):
+            raise ConfigError(f"{path}: must be {expected}, got {_show(value)}")
+        return converted
+
+    return check
+
+
+def _at_least(n: int):
+    return _bounded(_integer, lambda v: v >= n, f">= {n}")
+
+
+_positive_number = _bounded(_number, lambda v: v > 0, "> 0")
+
+
+# One converter per key: type check, conversion (int -> float where a number is meant) and range.
+RULES: dict[str, dict[str, Callable[[str, Any], Any]]] = {
+    "model": {
+        "lx": _at_least(2),
+        "ly": _at_least(2),
+        "hoppings": _hoppings,
+        "J": _number,
+        "mu": _number,
+        "T": _bounded(_number, lambda v: v > 0, "> 0 for sampling (T = 0 is for evaluation only)"),
+    },
+    "evaluator": {"kind": _choice(*EVALUATOR_KINDS), "ranks_per_config": _at_least(1)},
+    "effective": {
+        "kind": _choice(*EFFECTIVE_KINDS),
+        "n_J": _at_least(1),
+        "n_layers": _at_least(0),
+        "n_att": _at_least(0),
+        "load": _optional_text,
+    },
+    "training": {
+        "warmup_sweeps": _at_least(0),
+        "rounds": _at_least(0),
+        "outer_steps_per_round": _at_least(1),
+        "steps_per_round": _at_least(0),
+        "batch_size": _at_least(1),
+        "lr": _positive_number,
+        "weight_decay": _bounded(_number, lambda v: v >= 0, ">= 0"),
+        "max_samples": _at_least(1),
+    },
+    "sampler": {
+        "kind": _choice(*SAMPLER_KINDS),
+        "chains_per_rank": _at_least(1),
+        "inner_sweeps": _at_least(1),
+        "thermalization": _at_least(0),
+        "measurements": _at_least(1),
+        "measure_every": _at_least(1),
+    },
+    "output": {
+        "dir": _bounded(_text, lambda v: v.strip() != "", "a non-empty directory path"),
+        "checkpoint_every": _positive_number,
+    },
+}
+SEED_RULE = _at_least(0)
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Rules that involve more than one key, or the file system."""
+    ev = cfg.evaluator
+    if ev.ranks_per_config > 1 and ev.kind != "slepc":
+        raise ConfigError(
+            f"evaluator.ranks_per_config: must be 1 unless evaluator.kind is slepc "
+            f"(only SLEPc shares one diagonalisation between ranks), got {ev.ranks_per_config} with kind {ev.kind}"
+        )
+    load = cfg.effective.load
+    if load is not None and not Path(load).is_file():
+        raise ConfigError(f"effective.load: file not found: {_show(load)} (an earlier run's run.h5 was expected)")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _yaml_safe() -> YAML:
+    return YAML(typ="safe", pure=True)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return _yaml_safe().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}, line {mark.line + 1}" if mark is not None else source
+        problem = exc.problem or exc.context or "cannot parse"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            problem += f" ({exc.context}, line {exc.context_mark.line + 1})"
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    except YAMLError as exc:
+        raise ConfigError(f"{source}: malformed YAML: {exc}") from None
+
+
+DEFAULTS: dict[str, Any] = _parse_yaml(DEFAULT_YAML, "<defaults>")
+
+
+def _merge(data: Any, source: str) -> dict[str, Any]:
+    """The user's sections merged over a copy of DEFAULTS; unknown keys and non-mappings rejected."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections ({', '.join(DEFAULTS)}), {_got(data)}"
+        )
+    merged = copy.deepcopy(DEFAULTS)
+    for key, value in data.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"{_show_key(key)}: unknown key; expected one of {', '.join(DEFAULTS)}")
+        if key not in SECTIONS:
+            merged[key] = value
+            continue
+        if value is None:  # an empty section (all keys commented out) means "defaults"
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {key} settings, {_got(value)}")
+        for sub, sub_value in value.items():
+            if sub not in DEFAULTS[key]:
+                raise ConfigError(f"{key}.{_show_key(sub)}: unknown key; expected one of {', '.join(DEFAULTS[key])}")
+            merged[key][sub] = sub_value
+    return merged
+
+
+def _show_key(key: Any) -> str:
+    return key if isinstance(key, str) else _show(key)
+
+
+def config_from_dict(d: Mapping[str, Any] | None, source: str = "<dict>") -> Config:
+    """Validate a (partial) nested dict, merged over DEFAULTS, into a Config.
+
+    `source` names where the dict came from; it is not part of the key-path messages, which start
+    with the key path so that they read the same whatever the source.
+    """
+    merged = _merge(d, source)
+    sections = {
+        name: cls(**{key: RULES[name][key](f"{name}.{key}", merged[name][key]) for key in RULES[name]})
+        for name, cls in SECTIONS.items()
+    }
+    cfg = Config(**sections, seed=SEED_RULE("seed", merged["seed"]))
+    _check_combinations(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML job file; every problem is a ConfigError naming the file or key path."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file is a directory, not a YAML file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        return config_from_dict(_parse_yaml(text, str(path)), source=str(path))
+    except ConfigError as exc:
+        message = str(exc)
+        if not message.startswith(str(path)):
+            message = f"{message} (in {path})"
+        raise ConfigError(message) from None
+
+
+def default_config() -> Config:
+    """The embedded defaults (DESIGN §7)."""
+    return config_from_dict({}, source="<defaults>")
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (section order as in DESIGN §7), suitable for YAML and config_from_dict."""
+    out: dict[str, Any] = {}
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        out[name] = {f.name: copy.deepcopy(getattr(section, f.name)) for f in fields(section)}
+    out["seed"] = cfg.seed
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved configuration (defaults included) as commented YAML; load_config reads it back equal."""
+    yaml = YAML(typ="rt")
+    yaml.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    template = yaml.load(DEFAULT_YAML)
+    for name, section in to_dict(cfg).items():
+        if name not in SECTIONS:
+            template[name] = section
+            continue
+        for key, value in section.items():
+            if key == "hoppings":
+                template[name][key].clear()
+                template[name][key].update(value)
+            else:
+                template[name][key] = value
+    stream = io.StringIO()
+    yaml.dump(template, stream)
+    return stream.getvalue()
+
+
+def config_sha256(cfg: Config) -> str:
+    """sha256 (hex) of to_yaml(cfg): the text stored next to it in run.h5, so either verifies the other."""
+    return hashlib.sha256(to_yaml(cfg).encode("utf-8")).hexdigest()
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if key in SECTIONS and not prefix:
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def resume_differences(old: Config, new: Config) -> list[str]:
+    """`key.path: old -> new` for every key that differs, except those a resume may change (RESUMABLE_KEYS)."""
+    before, after = _flatten(to_dict(old)), _flatten(to_dict(new))
+    return [
+        f"{path}: {_show(before[path])} -> {_show(after[path])}"
+        for path in before
+        if path not in RESUMABLE_KEYS and before[path] != after[path]
+    ]
+
+
+def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """A new, validated Config with dotted keys replaced: with_overrides(cfg, {"sampler.measurements": 10})."""
+    d = to_dict(cfg)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if key:
+            if not isinstance(d.get(section), dict):
+                raise ConfigError(f"{dotted}: unknown key; expected one of {', '.join(SECTIONS)} as the section")
+            d[section][key] = value
+        else:
+            d[section] = value
+    return config_from_dict(d, source="<overrides>")
