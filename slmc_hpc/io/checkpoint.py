@@ -1,0 +1,183 @@
+"""`checkpoint.h5`: everything a run needs to continue bit for bit, written atomically.
+
+One process (rank 0) writes the whole file to `checkpoint.h5.tmp`, fsyncs it, renames it over
+`checkpoint.h5` and fsyncs the directory: a kill at any moment leaves either the previous or the
+new checkpoint, never a half-written one. Each rank then reads back only its own chains' rows.
+
+Layout: root attrs `format` ("slmc_hpc checkpoint"), `format_version`, `config_yaml`,
+`config_sha256`, `mpi_size`, `n_chains`, `time`; `/counters` attrs (phase, steps, output position);
+`/chains/<name>` [n_chains, ...] (spins, Ω, eigenvalues, per-chain accumulators) and `/chains/rng`
+(each chain's `bit_generator.state` as JSON text: PCG64's 128-bit integers survive exactly);
+`/parameters/<name>` (H_eff); `/history/<name>` (training history); `/blobs/<name>` and
+`/ranks/<rank>/<name>` (opaque serialised state such as optimizer state and per-rank training data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from slmc_hpc.errors import InputError
+
+CHECKPOINT_FORMAT = "slmc_hpc checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A run's resumable state; `chains` and `rng_states` hold the rows that were written or read."""
+
+    config_yaml: str
+    config_sha256: str
+    mpi_size: int
+    n_chains: int
+    counters: dict = field(default_factory=dict)
+    chains: dict[str, np.ndarray] = field(default_factory=dict)
+    rng_states: list[dict] = field(default_factory=list)
+    parameters: dict[str, np.ndarray] = field(default_factory=dict)
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    rank_blobs: list[dict[str, bytes]] = field(default_factory=list)
+    time: float = 0.0
+
+
+def rng_state_text(rng: np.random.Generator) -> str:
+    return json.dumps(rng.bit_generator.state)
+
+
+def rng_from_text(text: str) -> np.random.Generator:
+    """The generator whose `bit_generator.state` was saved by `rng_state_text`, bit for bit."""
+    state = json.loads(text)
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
+def write_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    """Write `ckpt` to `path` atomically (temporary name, fsync, rename, fsync of the directory)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w", locking=False) as f:
+        f.attrs.update(
+            format=CHECKPOINT_FORMAT,
+            format_version=FORMAT_VERSION,
+            config_yaml=ckpt.config_yaml,
+            config_sha256=ckpt.config_sha256,
+            mpi_size=ckpt.mpi_size,
+            n_chains=ckpt.n_chains,
+            time=ckpt.time or time.time(),
+        )
+        f.create_group("counters").attrs.update(ckpt.counters)
+        chains = f.create_group("chains")
+        for name, values in ckpt.chains.items():
+            chains.create_dataset(name, data=values)
+        chains.create_dataset("rng", data=list(ckpt.rng_states), dtype=h5py.string_dtype())
+        _write_arrays(f.create_group("parameters"), ckpt.parameters)
+        _write_arrays(f.create_group("history"), ckpt.history)
+        _write_blobs(f.create_group("blobs"), ckpt.blobs)
+        ranks = f.create_group("ranks")
+        for rank, blobs in enumerate(ckpt.rank_blobs):
+            _write_blobs(ranks.create_group(str(rank)), blobs)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _write_arrays(group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
+    for name, values in arrays.items():
+        group.create_dataset(name, data=np.asarray(values))
+
+
+def _write_blobs(group: h5py.Group, blobs: dict[str, bytes]) -> None:
+    for name, blob in blobs.items():
+        group.create_dataset(name, data=np.frombuffer(blob, dtype=np.uint8))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(
+    path: str | Path, n_chains: int | None = None, rows: range | None = None, rank: int | None = None
+) -> Checkpoint:
+    """Read and validate a checkpoint: the chains in `rows` (all if None) and rank `rank`'s blobs.
+
+    Anything that is not a whole checkpoint of this format with `n_chains` chains is an InputError
+    naming the file; the file itself is never touched.
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return _read(f, path, n_chains, rows, rank)
+    except InputError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: unreadable checkpoint (truncated or damaged?): {exc}") from None
+
+
+def _read(f: h5py.File, path: Path, n_chains: int | None, rows: range | None, rank: int | None) -> Checkpoint:
+    attrs = f.attrs
+    if attrs.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a slmc_hpc checkpoint (no format={CHECKPOINT_FORMAT!r} attribute)")
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{path}: checkpoint format_version {attrs.get('format_version')}, this code reads {FORMAT_VERSION}"
+        )
+    stored_chains = int(attrs["n_chains"])
+    if n_chains is not None and stored_chains != n_chains:
+        raise InputError(f"{path}: checkpoint holds {stored_chains} chains, this run has {n_chains}")
+    select = slice(None) if rows is None else slice(rows.start, rows.stop)
+    chains = {name: ds[select] for name, ds in f["chains"].items() if name != "rng"}
+    rng_states = [s.decode() if isinstance(s, bytes) else s for s in f["chains"]["rng"][select]]
+    rank_blobs = []
+    if rank is not None and str(rank) in f["ranks"]:
+        rank_blobs = [_read_blobs(f["ranks"][str(rank)])]
+    return Checkpoint(
+        config_yaml=_text(attrs["config_yaml"]),
+        config_sha256=_text(attrs["config_sha256"]),
+        mpi_size=int(attrs["mpi_size"]),
+        n_chains=stored_chains,
+        counters={key: _scalar(value) for key, value in f["counters"].attrs.items()},
+        chains=chains,
+        rng_states=rng_states,
+        parameters={name: ds[()] for name, ds in f["parameters"].items()},
+        history={name: ds[()] for name, ds in f["history"].items()},
+        blobs=_read_blobs(f["blobs"]),
+        rank_blobs=rank_blobs,
+        time=float(attrs["time"]),
+    )
+
+
+def _read_blobs(group: h5py.Group) -> dict[str, bytes]:
+    return {name: ds[()].tobytes() for name, ds in group.items()}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _scalar(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def checkpoint_time(path: str | Path) -> float | None:
+    """When the checkpoint was written (unix time), or None if it cannot be read."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return float(f.attrs["time"])
+    except (OSError, KeyError):
+        return None

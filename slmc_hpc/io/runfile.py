@@ -1,0 +1,219 @@
+"""`run.h5`, written collectively by all ranks over MPI-IO and readable by anyone while it grows.
+
+Layout (CONTRIBUTING.md, format_version 1): root attrs; `/samples/<obs>` [n_chains, n_measurements]
+(`sq`: [n_chains, n_measurements, ly, lx]); `/timing/<kind>` [mpi_size, n_measurements];
+`/training/<name>` [length]; `/model` (written by `slmc_hpc.io.model`). Every metadata operation
+(create, resize, attribute) is collective, so every rank calls every method here with the same
+arguments; raw data are written independently, each rank to its own rows. Sample chunks span exactly
+one rank's chains, so no two ranks ever write into the same chunk.
+
+`/samples.attrs["n_measurements"]` counts the columns that are complete: it is raised only after
+every rank has written its rows, followed by a flush, so a reader that opens the file with
+`h5py.File(path, "r", locking=False)` never trusts a half-written column.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from slmc_hpc.errors import InputError
+from slmc_hpc.physics import SCALAR_OBSERVABLES
+
+FORMAT_VERSION = 1
+SAMPLE_NAMES = (*SCALAR_OBSERVABLES, "acceptance")
+TIMING_NAMES = ("inner", "exact", "measure", "io")
+TRAINING_NAMES = ("loss", "round_acceptance", "round_samples")
+_CHUNK_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Who writes which rows: `rows` are this rank's global chains, or None (a slepc non-leader)."""
+
+    n_chains: int
+    chains_per_writer: int
+    lx: int
+    ly: int
+    mpi_size: int
+    rank: int
+    rows: range | None
+
+
+def open_parallel(path: str | Path, mode: str, comm) -> h5py.File:
+    """Open `path` collectively on `comm` with HDF5's MPI-IO driver (refusing a serial h5py)."""
+    if not h5py.get_config().mpi:
+        raise RuntimeError("h5py was built without MPI; set H5PY_ALWAYS_USE_MPI=1 or install the MPI build")
+    return h5py.File(path, mode, driver="mpio", comm=comm)
+
+
+def _chunk_length(bytes_per_column: int) -> int:
+    return int(np.clip(_CHUNK_BYTES // max(bytes_per_column, 1), 1, 4096))
+
+
+class RunFile:
+    """The open run file of one rank (all ranks hold one, opened collectively)."""
+
+    def __init__(self, file: h5py.File, layout: Layout, comm):
+        self.file, self.layout, self.comm = file, layout, comm
+
+    @classmethod
+    def create(cls, path: str | Path, comm, layout: Layout, attrs: dict) -> RunFile:
+        """A new run file (truncating any old one) with empty, growable datasets."""
+        f = open_parallel(path, "w", comm)
+        for key, value in {"format_version": FORMAT_VERSION, **attrs}.items():
+            f.attrs[key] = value
+        samples = f.create_group("samples")
+        samples.attrs["n_measurements"] = 0
+        rows, site_shape = layout.chains_per_writer, (layout.ly, layout.lx)
+        for name in SAMPLE_NAMES:
+            samples.create_dataset(
+                name,
+                shape=(layout.n_chains, 0),
+                maxshape=(layout.n_chains, None),
+                chunks=(rows, _chunk_length(8 * rows)),
+                dtype="f8",
+                fillvalue=np.nan,
+            )
+        samples.create_dataset(
+            "sq",
+            shape=(layout.n_chains, 0, *site_shape),
+            maxshape=(layout.n_chains, None, *site_shape),
+            chunks=(rows, _chunk_length(8 * rows * layout.lx * layout.ly), *site_shape),
+            dtype="f8",
+            fillvalue=np.nan,
+        )
+        timing = f.create_group("timing")
+        timing.attrs["unit"] = "s"
+        for name in TIMING_NAMES:
+            timing.create_dataset(
+                name, shape=(layout.mpi_size, 0), maxshape=(None, None), chunks=(1, _chunk_length(8)), dtype="f8"
+            )
+        f.create_group("training")
+        f.flush()
+        return cls(f, layout, comm)
+
+    @classmethod
+    def reopen(cls, path: str | Path, comm, layout: Layout, position: int) -> RunFile:
+        """Continue a run file at `position` measurements (later columns are dropped: they are redone)."""
+        try:
+            f = open_parallel(path, "r+", comm)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot reopen the run file to resume ({exc})") from None
+        run = cls(f, layout, comm)
+        problem = run._foreign(position)
+        if problem:
+            f.close()
+            raise InputError(f"{path}: {problem}; move it away or start a new run directory")
+        for name in (*SAMPLE_NAMES, "sq"):
+            f["samples"][name].resize(position, axis=1)
+        for name in TIMING_NAMES:
+            f["timing"][name].resize((layout.mpi_size, position))
+        f["samples"].attrs["n_measurements"] = position
+        f.flush()
+        return run
+
+    def _foreign(self, position: int) -> str | None:
+        f = self.file
+        if f.attrs.get("format_version") != FORMAT_VERSION:
+            return f"not a run file of format_version {FORMAT_VERSION}"
+        if "samples" not in f or any(name not in f["samples"] for name in (*SAMPLE_NAMES, "sq")):
+            return "not a complete run file (no /samples datasets)"
+        chains, columns = f["samples"]["omega"].shape
+        if chains != self.layout.n_chains:
+            return f"it holds {chains} chains, this run has {self.layout.n_chains}"
+        if columns < position:
+            return f"it holds {columns} measurements, the checkpoint expects {position}"
+        return None
+
+    @property
+    def position(self) -> int:
+        return int(self.file["samples"].attrs["n_measurements"])
+
+    def set_attrs(self, **attrs) -> None:
+        """Root attributes (collective: every rank passes the same values)."""
+        for key, value in attrs.items():
+            self.file.attrs[key] = value
+
+    def append(self, samples: dict[str, np.ndarray] | None, timing: dict[str, np.ndarray], count: int) -> None:
+        """Add `count` measurement columns: this rank's rows of every sample, its row of every timing.
+
+        `samples[name]` is [B, count] ([B, count, ly, lx] for `sq`); None for a rank without rows.
+        """
+        if count == 0:
+            return
+        start, stop = self.position, self.position + count
+        group, lay = self.file["samples"], self.layout
+        for name in (*SAMPLE_NAMES, "sq"):
+            group[name].resize(stop, axis=1)
+            if lay.rows is not None:
+                group[name][lay.rows.start : lay.rows.stop, start:stop] = samples[name]
+        for name in TIMING_NAMES:
+            ds = self.file["timing"][name]
+            ds.resize(stop, axis=1)
+            ds[lay.rank, start:stop] = timing[name]
+        self.comm.Barrier()  # every rank's columns are written before they are declared complete
+        group.attrs["n_measurements"] = stop
+        self.file.flush()
+
+    def write_training(self, history: dict[str, np.ndarray]) -> None:
+        """Replace `/training/<name>` by the (rank-identical) history arrays; rank 0 writes the data."""
+        group = self.file["training"]
+        for name, values in history.items():
+            values = np.asarray(values, dtype=np.float64)
+            if name not in group:
+                group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1024,), dtype="f8")
+            group[name].resize(len(values), axis=0)
+            if self.layout.rank == 0 and len(values):
+                group[name][:] = values
+        self.file.flush()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_run_summary(path: str | Path, recent: int = 10) -> dict:
+    """Root attrs, measurement count and recent mean acceptance of a (possibly running) run file."""
+    with h5py.File(path, "r", locking=False) as f:
+        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+        n = int(f["samples"].attrs.get("n_measurements", 0)) if "samples" in f else 0
+        acceptance = None
+        if n > 0:
+            window = f["samples"]["acceptance"][:, max(0, n - recent) : n]
+            acceptance = float(np.mean(window))
+        training = {name: f["training"][name][()] for name in f.get("training", {})}
+    return {"attrs": attrs, "n_measurements": n, "recent_acceptance": acceptance, "training": training}
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def package_versions() -> str:
+    """Versions of the libraries a result depends on, as JSON (for the root attrs)."""
+    from importlib import metadata
+
+    versions = {"hdf5": h5py.version.hdf5_version, "h5py": h5py.__version__}
+    for name in ("numpy", "scipy", "mpi4py", "torch", "petsc4py", "slepc4py", "cupy-cuda12x"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        from mpi4py import MPI
+
+        versions["mpi"] = MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
+    except Exception:  # noqa: BLE001
+        pass
+    return json.dumps(versions, sort_keys=True)
