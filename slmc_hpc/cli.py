@@ -23,34 +23,33 @@ PROG = "slmc-hpc"
 # Under MPI, ranks other than 0 wait this long before aborting on bad input, so that rank 0's message
 # comes first (it aborts the job, and them); if rank 0 is stuck elsewhere, they report it themselves.
 ABORT_GRACE_S = 3.0
-# Set by mpirun/srun for each process, before MPI_Init: (size variable, rank variable).
-LAUNCHER_ENV = (
-    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
-    ("PMI_SIZE", "PMI_RANK"),
-    ("PMIX_SIZE", "PMIX_RANK"),
-)
+# Set by mpirun (OpenMPI), Hydra/PMI-2 (MPICH, srun --mpi=pmi2) and PMIx (srun --mpi=pmix) in every
+# process before MPI_Init, so the rank is known without starting MPI.
+LAUNCHER_RANK_ENV = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
 
 def _mpi_already_initialised() -> bool:
     return "mpi4py.MPI" in sys.modules
 
 
-def _launcher_rank_size() -> tuple[int, int] | None:
-    """(rank, size) from the launcher's environment, or None when not started by mpirun/srun."""
-    for size_var, rank_var in LAUNCHER_ENV:
-        if size_var in os.environ:
-            return int(os.environ.get(rank_var, "0")), int(os.environ[size_var])
+def _launcher_rank() -> int | None:
+    """This process's rank from the launcher's environment, or None when not started by mpirun/srun."""
+    for var in LAUNCHER_RANK_ENV:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
     return None
 
 
 def _rank_size(initialise: bool) -> tuple[int, int]:
-    """This process's (rank, size); initialises MPI only if asked and the process runs under a launcher."""
-    if _mpi_already_initialised() or (initialise and _launcher_rank_size() is not None):
+    """(rank, size) of this process. Starts MPI only if asked and the process runs under a launcher;
+    without MPI running, the size is unknown and reported as 1."""
+    if _mpi_already_initialised() or (initialise and _launcher_rank() is not None):
         from slmc_hpc.parallel import world
 
         comm = world()
         return comm.Get_rank(), comm.Get_size()
-    return _launcher_rank_size() or (0, 1)
+    rank = _launcher_rank()
+    return (0 if rank is None else rank), 1
 
 
 def _config(path: str | None) -> Config:
