@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from slmc_hpc import __version__
-from slmc_hpc.config import Config, default_config, load_config, to_yaml
+from slmc_hpc.config import Config, default_config, load_config, parse_overrides, to_yaml, with_overrides
 from slmc_hpc.errors import InputError
 
 PROG = "slmc-hpc"
@@ -52,8 +52,9 @@ def _rank_size(initialise: bool) -> tuple[int, int]:
     return (0 if rank is None else rank), 1
 
 
-def _config(path: str | None) -> Config:
-    return default_config() if path is None else load_config(path)
+def _config(args: argparse.Namespace) -> Config:
+    config = default_config() if args.config is None else load_config(args.config)
+    return with_overrides(config, parse_overrides(args.set)) if args.set else config
 
 
 def _run_dir(path: str) -> Path:
@@ -69,7 +70,7 @@ def _print_result(result: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args.config)  # validated before anything touches the disk or MPI
+    config = _config(args)  # validated before anything touches the disk or MPI
     from slmc_hpc.driver import run_simulation
 
     run_simulation(config, force=args.force)
@@ -101,8 +102,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    sys.stdout.write(to_yaml(_config(args.config)))
+    sys.stdout.write(to_yaml(_config(args)))
     return 0
+
+
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key of CONFIG (YAML value), e.g. --set model.T=0.1 --set output.dir=runs/T0.1",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) a simulation; writes output.dir/run.h5")
     run.add_argument("config", nargs="?", metavar="CONFIG", help="YAML job file (default: the embedded defaults)")
     run.add_argument("--force", action="store_true", help="resume even if the configuration changed")
+    _add_set_option(run)
     run.set_defaults(handler=cmd_run)
 
     status = sub.add_parser("status", help="progress of a run, finished or still going")
@@ -134,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="print the resolved configuration (defaults included) as YAML")
     config.add_argument("config", nargs="?", metavar="CONFIG", help="YAML job file (default: the embedded defaults)")
+    _add_set_option(config)
     config.set_defaults(handler=cmd_config)
     return parser
 

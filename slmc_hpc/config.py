@@ -453,3 +453,14 @@ def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
         else:
             d[section] = value
     return config_from_dict(d, source="<overrides>")
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """`["model.T=0.1", "model.hoppings={1: 1.0, 2: 0.1}"]` -> dotted overrides; values are YAML scalars/flows."""
+    overrides = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, like model.T=0.1")
+        overrides[key.strip()] = _parse_yaml(text, f"--set {item}")
+    return overrides

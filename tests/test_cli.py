@@ -95,3 +95,19 @@ def test_bad_config_under_mpirun_reports_once_and_exits_2(tmp_path):
     assert "sampler.measure_every: must be >= 1, got 0" in proc.stderr
     assert "MPI_ABORT" not in proc.stderr  # MPI was never started for a bad config
     assert_nothing_written(tmp_path)
+
+
+def test_set_overrides_keys_and_is_validated_like_the_file(tmp_path):
+    job = job_file(tmp_path, "model:\n  T: 0.2\n")
+    proc = cli("config", job, "--set", "model.T=0.1", "--set", "model.hoppings={1: 1, 2: 0.2}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "resolved.yaml").write_text(proc.stdout)
+    resolved = load_config(tmp_path / "resolved.yaml")
+    assert (resolved.model.T, resolved.model.hoppings) == (0.1, {1: 1.0, 2: 0.2})
+    (tmp_path / "resolved.yaml").unlink()
+
+    proc = cli("run", job, "--set", "sampler.chains_per_rank=0", cwd=tmp_path)
+    assert proc.returncode == 2 and "sampler.chains_per_rank: must be >= 1, got 0" in proc.stderr
+    proc = cli("run", job, "--set", "model.T", cwd=tmp_path)
+    assert proc.returncode == 2 and "expected KEY=VALUE" in proc.stderr
+    assert_nothing_written(tmp_path)

@@ -14,6 +14,7 @@ from slmc_hpc.config import (
     config_sha256,
     default_config,
     load_config,
+    parse_overrides,
     resume_differences,
     to_dict,
     to_yaml,
@@ -232,3 +233,14 @@ def test_with_overrides_validates_and_rejects_unknown_paths():
         with_overrides(default_config(), {"sampler.measurments": 10})
     with pytest.raises(ConfigError, match=r"^sampler\.measurements: must be >= 1"):
         with_overrides(default_config(), {"sampler.measurements": 0})
+
+
+def test_parse_overrides_reads_yaml_values():
+    assert parse_overrides(["model.T=0.1", "model.hoppings={1: 1, 2: -0.5}", "effective.load=null", "seed=3"]) == {
+        "model.T": 0.1,
+        "model.hoppings": {1: 1, 2: -0.5},
+        "effective.load": None,
+        "seed": 3,
+    }
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["model.T"])
