@@ -7,3 +7,7 @@ class InputError(Exception):
 
 class ConfigError(InputError):
     """A configuration value is wrong; the message names the key path, the value and the expectation."""
+
+
+class TrainingError(RuntimeError):
+    """Training produced a non-finite loss, gradient or parameter; the last good parameters were restored."""

@@ -1,0 +1,107 @@
+"""Linear (Heisenberg) effective model of Liu et al. 2017 (DESIGN §3).
+
+    H_eff = E_0 - Σ_{n=1}^{n_J} J_n Σ_{<ij>_n} S_i·S_j,    Σ_{<ij>_n} = ½ Σ_i Σ_{δ∈D_n}
+
+Everything runs on neighbour tables, so `delta_energy` costs O(number of shell neighbours), and on
+elementwise operations with per-row reductions (no BLAS), so a row never depends on its batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slmc_hpc.lattice import Lattice
+
+
+def heisenberg_features(spins: np.ndarray, neighbor_tables: list[np.ndarray]) -> np.ndarray:
+    """[B, 1 + n_J] regression features [1, -Σ_<ij>_1 S·S, ..., -Σ_<ij>_nJ S·S] (H_eff = features @ [E_0, J])."""
+    spins = np.asarray(spins, dtype=np.float64)
+    columns = [np.ones(spins.shape[0])]
+    for table in neighbor_tables:
+        field = spins[:, table].sum(axis=2)  # [B, N, 3]: Σ_δ S_{i+δ}, aliases counted
+        columns.append(-0.5 * (spins * field).sum(axis=(1, 2)))
+    return np.stack(columns, axis=1)
+
+
+class LinearModel:
+    """Heisenberg couplings over the shells 1..n_J, plus the constant E_0."""
+
+    kind = "linear"
+
+    def __init__(self, lattice: Lattice, n_J: int):
+        if n_J < 1:
+            raise ValueError(f"n_J must be >= 1, got {n_J}")
+        self.lattice, self.n_J, self.n_sites = lattice, n_J, lattice.n_sites
+        self.neighbor_tables = [lattice.neighbors(n) for n in range(1, n_J + 1)]
+        # All shells side by side, for the local field of delta_energy; `shell_of_column` maps a column to J_n.
+        self._all_neighbors = np.concatenate(self.neighbor_tables, axis=1)
+        self._shell_of_column = np.concatenate([np.full(t.shape[1], k) for k, t in enumerate(self.neighbor_tables)])
+        # A_n[i, i]: vectors of D_n that alias to the site itself (small lattices); they enter ΔH quadratically.
+        self._self_counts = np.stack(
+            [(t == np.arange(self.n_sites)[:, None]).sum(axis=1) for t in self.neighbor_tables]
+        )
+        self.e0 = 0.0
+        self.couplings = np.zeros(n_J)
+        self._update_tables()
+
+    def _update_tables(self) -> None:
+        self._column_weights = self.couplings[self._shell_of_column]
+        self._self_weights = self.couplings @ self._self_counts  # [N]: Σ_n J_n A_n[i, i]
+
+    # -- protocol -------------------------------------------------------------------------------
+    def features(self, spins: np.ndarray) -> np.ndarray:
+        return heisenberg_features(spins, self.neighbor_tables)
+
+    def energy(self, spins: np.ndarray) -> np.ndarray:
+        features = self.features(spins)
+        return self.e0 + (features[:, 1:] * self.couplings).sum(axis=1)
+
+    def delta_energy(
+        self, spins: np.ndarray, sites: np.ndarray, new_spins: np.ndarray, energy: np.ndarray | None = None
+    ) -> np.ndarray:
+        """ΔH = -[(s' - s)·h_k + ½ c_k |s' - s|²] with h_k = Σ_{n,δ} J_n S_{k+δ} and c_k = Σ_n J_n A_n[k, k].
+
+        The second term is exact for shell vectors that alias to k itself (then S_k·S_k changes
+        only by |s'|² - |s|², which the identity accounts for). `energy` is not needed here.
+        """
+        rows = np.arange(spins.shape[0])
+        old = spins[rows, sites]
+        step = np.asarray(new_spins, dtype=np.float64) - old
+        neighbours = spins[rows[:, None], self._all_neighbors[sites]]  # [B, Z, 3]
+        field = (neighbours * self._column_weights[:, None]).sum(axis=1)
+        return -((step * field).sum(axis=1) + 0.5 * self._self_weights[sites] * (step * step).sum(axis=1))
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {"e0": np.array(self.e0), "couplings": self.couplings.copy()}
+
+    def set_parameters(self, parameters: dict[str, np.ndarray]) -> None:
+        couplings = np.asarray(parameters["couplings"], dtype=np.float64).reshape(self.n_J)
+        self.e0, self.couplings = float(np.asarray(parameters["e0"])), couplings.copy()
+        self._update_tables()
+
+    def n_parameters(self) -> int:
+        return 1 + self.n_J
+
+    def set_readout(self, e0: float, couplings: np.ndarray) -> None:
+        """The result of a linear fit (fit_linear)."""
+        self.set_parameters({"e0": e0, "couplings": couplings})
+
+    # -- training (the Trainer works on any model with a torch module) ---------------------------
+    def torch_module(self) -> torch.nn.Module:
+        """A differentiable copy (parameters named as in `parameters()`); the trainer copies results back."""
+        return _LinearModule(self)
+
+
+class _LinearModule(torch.nn.Module):
+    """H_eff = E_0 + features @ J in torch, for AdamW training of the linear model."""
+
+    def __init__(self, model: LinearModel):
+        super().__init__()
+        self.e0 = torch.nn.Parameter(torch.tensor(model.e0, dtype=torch.float64))
+        self.couplings = torch.nn.Parameter(torch.tensor(model.couplings, dtype=torch.float64))
+        self.tables = [torch.from_numpy(t) for t in model.neighbor_tables]
+
+    def forward(self, spins: torch.Tensor) -> torch.Tensor:
+        bonds = torch.stack([-0.5 * (spins * spins[:, t].sum(dim=2)).sum(dim=(1, 2)) for t in self.tables], dim=1)
+        return self.e0 + (bonds * self.couplings).sum(dim=1)

@@ -1,0 +1,231 @@
+"""Training H_eff on exactly evaluated configurations, across MPI ranks (DESIGN §3).
+
+Every rank keeps its own data. The linear fit sums the normal equations over ranks; gradient
+training sums the gradients of the *sum* of squared errors and the sample counts over ranks, so a
+step equals a step on the union of all ranks' minibatches, and every rank applies the same step.
+Rank 0's parameters are broadcast after every `train` call, so the ranks can never drift apart.
+MPI goes through `slmc_hpc.parallel`; nothing here touches files.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from slmc_hpc import parallel
+from slmc_hpc.errors import TrainingError
+
+#: spawn_key tag of the minibatch streams (chain streams use spawn_key=(chain,), so they never collide).
+MINIBATCH_STREAM = 0x5452
+
+
+def fit_linear(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
+    """Least-squares fit of E_0 and J_n (the read-out, for the transformer) to Ω; returns the global loss.
+
+    Features are [1, -Σ_<ij>_1 S·S, ...] of `model.features` (the effective spins of a transformer,
+    which are the bare spins while W^V = 0). The normal equations X^T X c = X^T Ω are summed over
+    ranks, so the fit equals a fit of all data on one rank; `lstsq` gives the minimum-norm solution
+    where small lattices make shells indistinguishable. The loss is the mean of ((Ω - H_eff)/N)².
+    """
+    features = model.features(spins) if len(omega) else np.zeros((0, 1 + model.n_J))
+    omega = np.asarray(omega, dtype=np.float64)
+    k = features.shape[1]
+    packed = np.concatenate([(features.T @ features).ravel(), features.T @ omega])
+    packed = parallel.allreduce_sum(comm, packed)
+    normal_matrix, rhs = packed[: k * k].reshape(k, k), packed[k * k :]
+    coefficients = np.linalg.lstsq(normal_matrix, rhs, rcond=None)[0]
+    model.set_readout(coefficients[0], coefficients[1:])
+    return mean_squared_error(model, spins, omega, comm)
+
+
+def mean_squared_error(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
+    """Global mean of ((Ω - H_eff)/N)² over every rank's data."""
+    n_sites = model.lattice.n_sites
+    local = ((np.asarray(omega) - model.energy(spins)) / n_sites) ** 2 if len(omega) else np.zeros(0)
+    total, count = parallel.allreduce_sum(comm, np.array([local.sum(), float(local.size)]))
+    return float(total / count) if count else float("nan")
+
+
+class Trainer:
+    """AdamW on MSE((Ω - H_eff)/N), data-parallel over the ranks of `comm`.
+
+    Minibatches: each rank draws `batch_size` of its own samples per step (without replacement)
+    from a generator seeded by (seed, rank, call counter); the counter is part of the state, so a
+    restart from `state_dict()` continues bit for bit.
+    """
+
+    def __init__(self, model, training_config, n_sites: int, comm=None, seed: int = 0):
+        self.model, self.n_sites, self.comm, self.seed = model, n_sites, comm, int(seed)
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.batch_size = int(training_config.batch_size)
+        self.module = model.torch_module()
+        self.named = list(self.module.named_parameters())
+        self.params = [p for _, p in self.named]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=float(training_config.lr), weight_decay=float(training_config.weight_decay), foreach=False
+        )
+        self.step_count = 0
+        self.call_count = 0
+
+    # -- gradients ------------------------------------------------------------------------------
+    def _local_sums(self, spins: np.ndarray, omega: np.ndarray) -> np.ndarray:
+        """[sum of squared errors, count, gradient of that sum (flattened)] on this rank's samples."""
+        self.module.zero_grad(set_to_none=False)
+        if len(omega):
+            prediction = self.module(torch.from_numpy(np.ascontiguousarray(spins, dtype=np.float64)))
+            residual = (torch.from_numpy(np.asarray(omega, dtype=np.float64)) - prediction) / self.n_sites
+            sse = (residual * residual).sum()
+            sse.backward()
+            sse_value = sse.item()
+        else:
+            sse_value = 0.0
+        grads = [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype) for p in self.params
+        ]
+        return np.concatenate([[sse_value, float(len(omega))], torch.cat(grads).numpy()])
+
+    def gradient(self, spins: np.ndarray, omega: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Global loss and mean gradient over every rank's (spins, Ω) (no step taken)."""
+        sums = parallel.allreduce_sum(self.comm, self._local_sums(spins, omega))
+        return float(sums[0] / sums[1]), self._unflatten(sums[2:] / sums[1])
+
+    def _unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        out, start = {}, 0
+        for name, p in self.named:
+            out[name] = flat[start : start + p.numel()].reshape(p.shape)
+            start += p.numel()
+        return out
+
+    # -- training -------------------------------------------------------------------------------
+    def _minibatch_rng(self) -> np.random.Generator:
+        sequence = np.random.SeedSequence(self.seed, spawn_key=(MINIBATCH_STREAM, self.rank, self.call_count))
+        return np.random.Generator(np.random.PCG64(sequence))
+
+    def train(self, spins: np.ndarray, omega: np.ndarray, steps: int) -> np.ndarray:
+        """`steps` AdamW steps on minibatches of every rank's data; returns the global loss per step.
+
+        Raises TrainingError (after restoring the last good state) on a non-finite loss, gradient
+        or parameter: NaN parameters are never kept.
+        """
+        rng = self._minibatch_rng()
+        self.call_count += 1
+        n_local = len(omega)
+        losses = np.empty(steps)
+        for k in range(steps):
+            batch = rng.choice(n_local, size=min(self.batch_size, n_local), replace=False) if n_local else []
+            sums = parallel.allreduce_sum(self.comm, self._local_sums(spins[batch], np.asarray(omega)[batch]))
+            count = sums[1]
+            if count == 0:
+                raise TrainingError("no training data on any rank")
+            loss, gradient = sums[0] / count, sums[2:] / count
+            if not (np.isfinite(loss) and np.all(np.isfinite(gradient))):
+                self._fail(f"non-finite loss or gradient at training step {self.step_count}: loss = {loss}")
+            last_good = self.state_dict()
+            self._apply(gradient)
+            if not all(torch.isfinite(p).all() for p in self.params):
+                self.load_state_dict(last_good)
+                self._fail(f"non-finite parameters after training step {self.step_count}: loss = {loss}")
+            self.step_count += 1
+            losses[k] = loss
+        self._synchronise()
+        return losses
+
+    def _apply(self, gradient: np.ndarray) -> None:
+        start = 0
+        for p in self.params:
+            p.grad = torch.from_numpy(gradient[start : start + p.numel()].reshape(p.shape).copy())
+            start += p.numel()
+        self.optimizer.step()
+
+    def _fail(self, message: str) -> None:
+        self._sync_model()
+        raise TrainingError(message)
+
+    def _synchronise(self) -> None:
+        """Rank 0's parameters and optimizer moments on every rank, bit for bit."""
+        if self.comm is not None and self.comm.Get_size() > 1:
+            state = self.state_dict()
+            keys = sorted(k for k, v in state.items() if v.dtype == np.float64)
+            flat = parallel.broadcast_array(self.comm, np.concatenate([state[k].ravel() for k in keys]))
+            start = 0
+            for key in keys:
+                state[key] = flat[start : start + state[key].size].reshape(state[key].shape)
+                start += state[key].size
+            self.load_state_dict(state)
+        self._sync_model()
+
+    def _sync_model(self) -> None:
+        """Copy the module's parameters into the model (a no-op for the transformer, whose module is live)."""
+        self.model.set_parameters({name: p.detach().numpy().copy() for name, p in self.named})
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat dict of numpy arrays: counters, parameters, AdamW moments and step counts."""
+        state = {"step_count": np.array(self.step_count), "call_count": np.array(self.call_count)}
+        adam = self.optimizer.state
+        for name, p in self.named:
+            state[f"param/{name}"] = p.detach().numpy().copy()
+            if p in adam and "exp_avg" in adam[p]:
+                state[f"exp_avg/{name}"] = adam[p]["exp_avg"].numpy().copy()
+                state[f"exp_avg_sq/{name}"] = adam[p]["exp_avg_sq"].numpy().copy()
+                state[f"adam_step/{name}"] = np.array(float(adam[p]["step"]))
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.step_count, self.call_count = int(state["step_count"]), int(state["call_count"])
+        step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        optimizer_state = self.optimizer.state_dict()
+        optimizer_state["state"] = {}
+        with torch.no_grad():
+            for index, (name, p) in enumerate(self.named):
+                p.copy_(torch.from_numpy(np.asarray(state[f"param/{name}"], dtype=np.float64)).reshape(p.shape))
+                if f"exp_avg/{name}" in state:
+                    optimizer_state["state"][index] = {
+                        "step": torch.tensor(float(state[f"adam_step/{name}"]), dtype=step_dtype),
+                        "exp_avg": torch.from_numpy(np.array(state[f"exp_avg/{name}"], dtype=np.float64)),
+                        "exp_avg_sq": torch.from_numpy(np.array(state[f"exp_avg_sq/{name}"], dtype=np.float64)),
+                    }
+        self.optimizer.load_state_dict(optimizer_state)
+        self._sync_model()
+
+
+class TrainingData:
+    """This rank's exactly evaluated configurations (spins, Ω), at most `max_samples` (oldest dropped)."""
+
+    def __init__(self, n_sites: int, max_samples: int | None = None):
+        self.n_sites, self.max_samples = n_sites, max_samples
+        self.spins = np.zeros((0, n_sites, 3))
+        self.omega = np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self.omega)
+
+    def append(self, spins: np.ndarray, omega: np.ndarray) -> None:
+        self.spins = np.concatenate([self.spins, np.asarray(spins, dtype=np.float64).reshape(-1, self.n_sites, 3)])
+        self.omega = np.concatenate([self.omega, np.asarray(omega, dtype=np.float64).reshape(-1)])
+        if self.max_samples is not None and len(self.omega) > self.max_samples:
+            self.spins, self.omega = self.spins[-self.max_samples :].copy(), self.omega[-self.max_samples :].copy()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.spins, self.omega
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"spins": self.spins.copy(), "omega": self.omega.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.spins = np.asarray(state["spins"], dtype=np.float64).reshape(-1, self.n_sites, 3).copy()
+        self.omega = np.asarray(state["omega"], dtype=np.float64).copy()
+
+
+def pack_state(state: dict[str, np.ndarray]) -> bytes:
+    """A flat dict of arrays as bytes (npz, no pickle), for the checkpoint's opaque blobs."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key.replace("/", "|"): np.asarray(value) for key, value in state.items()})
+    return buffer.getvalue()
+
+
+def unpack_state(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        return {key.replace("|", "/"): archive[key] for key in archive.files}

@@ -1,0 +1,156 @@
+"""O(3)-equivariant transformer effective model (Nagai & Tomiya, JPSJ 93, 114007 (2024); DESIGN §3).
+
+Layer l maps effective spins S^(l-1) -> S^(l) (S^(0) = S):
+
+    S^α_i   = Σ_{n=0}^{n_att} W^{α,l}_n Σ_{δ∈D_n} S^(l-1)_{i+δ}      α ∈ {Q, K, V}
+    M_ij    = ReLU((1/√3) Σ_μ S^Q_iμ S^K_jμ)                          (global attention)
+    S^(l)_i = normalize(S^(l-1)_i + Σ_j M_ij S^V_j)
+
+then the Heisenberg read-out H_eff = E_0 - Σ_n J_n Σ_{<ij>_n} S^(L)_i·S^(L)_j. Only dot products
+of spins enter M and the read-out, so H_eff is O(3) invariant and S^(L) equivariant.
+
+Speed: the inner SLMC chain calls `energy` once per proposal, so a forward pass is a handful of
+batched matrix products on cached [3N, N] mixing matrices (Σ_n W_n A_n, rebuilt only when the
+parameters change). Every product is a `bmm` whose per-row shape does not depend on the batch
+size, so `energy(x)[b]` equals `energy(x[b:b+1])[0]` bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from slmc_hpc.lattice import Lattice
+
+#: W^Q, W^K start small but non-zero (ReLU at exactly zero passes no gradient); W^V starts at zero.
+INIT_SCALE = 0.1
+INIT_SEED = 20240807
+
+
+def _shell_adjacencies(lattice: Lattice, shells: range) -> torch.Tensor:
+    return torch.from_numpy(np.stack([lattice.shell_adjacency(n) for n in shells]))
+
+
+class _TransformerModule(torch.nn.Module):
+    """The differentiable network; parameters named as in `TransformerModel.parameters()`."""
+
+    def __init__(self, lattice: Lattice, n_J: int, n_layers: int, n_att: int):
+        super().__init__()
+        n = lattice.n_sites
+        self.n_sites = n
+        self.register_buffer("attention_adjacency", _shell_adjacencies(lattice, range(0, n_att + 1)))
+        self.register_buffer("readout_adjacency", _shell_adjacencies(lattice, range(1, n_J + 1)))
+        generator = torch.Generator().manual_seed(INIT_SEED)
+        attention = INIT_SCALE * torch.randn(n_layers, 3, n_att + 1, generator=generator, dtype=torch.float64)
+        attention[:, 2] = 0.0  # values: the model starts as the linear model
+        self.attention = torch.nn.Parameter(attention)
+        self.e0 = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.couplings = torch.nn.Parameter(torch.zeros(n_J, dtype=torch.float64))
+        # The 1/√3 of M is folded into the query weights, which saves one pass over [B, N, N].
+        self.register_buffer("qkv_scale", torch.tensor([1.0 / math.sqrt(3.0), 1.0, 1.0], dtype=torch.float64))
+
+    def matrices(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per layer the stacked [3N, N] mixing matrix (Q/√3; K; V), and the read-out matrix ½ Σ_n J_n A_n."""
+        n = self.n_sites
+        mixers = [
+            torch.einsum("an,nij->aij", w * self.qkv_scale[:, None], self.attention_adjacency).reshape(3 * n, n)
+            for w in self.attention
+        ]
+        readout = torch.einsum("n,nij->ij", 0.5 * self.couplings, self.readout_adjacency)
+        return mixers, readout
+
+    def effective_spins(self, spins: torch.Tensor, mixers: list[torch.Tensor]) -> torch.Tensor:
+        n, batch = self.n_sites, spins.shape[0]
+        for mixer in mixers:
+            qkv = torch.bmm(mixer.expand(batch, -1, -1), spins)  # [B, 3N, 3]
+            query, key, value = qkv[:, :n], qkv[:, n : 2 * n], qkv[:, 2 * n :]
+            weights = torch.bmm(query, key.transpose(1, 2)).relu_()  # M [B, N, N]
+            spins = torch.baddbmm(spins, weights, value)
+            spins = spins / torch.linalg.vector_norm(spins, dim=2, keepdim=True)
+        return spins
+
+    def energy(self, spins: torch.Tensor, mixers: list[torch.Tensor], readout: torch.Tensor) -> torch.Tensor:
+        spins = self.effective_spins(spins, mixers)
+        batch = spins.shape[0]
+        field = torch.bmm(readout.expand(batch, -1, -1), spins)  # [B, N, 3]
+        pair_sum = torch.bmm(spins.reshape(batch, 1, -1), field.reshape(batch, -1, 1)).reshape(batch)
+        return self.e0 - pair_sum
+
+    def forward(self, spins: torch.Tensor) -> torch.Tensor:
+        mixers, readout = self.matrices()
+        return self.energy(spins, mixers, readout)
+
+
+class TransformerModel:
+    """Batched float64 transformer H_eff with the protocol of `slmc_hpc.effective`."""
+
+    kind = "transformer"
+
+    def __init__(self, lattice: Lattice, n_J: int, n_layers: int, n_att: int):
+        if n_J < 1 or n_layers < 0 or n_att < 0:
+            raise ValueError(f"need n_J >= 1, n_layers >= 0, n_att >= 0; got {n_J}, {n_layers}, {n_att}")
+        self.lattice, self.n_sites = lattice, lattice.n_sites
+        self.n_J, self.n_layers, self.n_att = n_J, n_layers, n_att
+        self.module = _TransformerModule(lattice, n_J, n_layers, n_att)
+        self._cache_key: tuple | None = None
+        self._cache: tuple | None = None
+
+    # -- inference ------------------------------------------------------------------------------
+    def _inference_matrices(self) -> tuple:
+        """Mixing and read-out matrices, rebuilt only when a parameter changed (in-place version counters)."""
+        key = tuple(p._version for p in self.module.parameters()) + tuple(id(p) for p in self.module.parameters())
+        if key != self._cache_key:
+            with torch.inference_mode():
+                self._cache = self.module.matrices()
+            self._cache_key = key
+        return self._cache
+
+    def energy(self, spins: np.ndarray) -> np.ndarray:
+        mixers, readout = self._inference_matrices()
+        with torch.inference_mode():
+            return self.module.energy(torch.from_numpy(np.ascontiguousarray(spins)), mixers, readout).numpy()
+
+    def delta_energy(
+        self, spins: np.ndarray, sites: np.ndarray, new_spins: np.ndarray, energy: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One forward pass on the proposed configurations; `energy` (current H_eff) saves the second."""
+        after = np.array(spins, dtype=np.float64, order="C")
+        after[np.arange(after.shape[0]), sites] = new_spins
+        if energy is None:
+            energy = self.energy(spins)
+        return self.energy(after) - energy
+
+    def effective_spins(self, spins: np.ndarray) -> np.ndarray:
+        """S^(L) [B, N, 3] (equivariant under global O(3) and lattice translations)."""
+        mixers, _ = self._inference_matrices()
+        with torch.inference_mode():
+            return self.module.effective_spins(torch.from_numpy(np.ascontiguousarray(spins)), mixers).numpy()
+
+    def features(self, spins: np.ndarray) -> np.ndarray:
+        """Linear-regression features of the read-out on the effective spins (for fit_linear)."""
+        from slmc_hpc.effective.linear import heisenberg_features
+
+        tables = [self.lattice.neighbors(n) for n in range(1, self.n_J + 1)]
+        return heisenberg_features(self.effective_spins(spins), tables)
+
+    # -- parameters -----------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {name: p.detach().numpy().copy() for name, p in self.module.named_parameters()}
+
+    def set_parameters(self, parameters: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for name, p in self.module.named_parameters():
+                p.copy_(torch.as_tensor(np.asarray(parameters[name], dtype=np.float64)).reshape(p.shape))
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def set_readout(self, e0: float, couplings: np.ndarray) -> None:
+        """Start the read-out from a linear fit (fit_linear)."""
+        self.set_parameters({**self.parameters(), "e0": np.array(e0), "couplings": np.asarray(couplings)})
+
+    def torch_module(self) -> torch.nn.Module:
+        """The live network (training updates this model in place)."""
+        return self.module
