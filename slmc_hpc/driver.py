@@ -1,0 +1,569 @@
+"""The run driver: the phases of a run, checkpoints, signals and the progress bar (DESIGN §2, §4, §5).
+
+exact:  thermalize (sweeps) -> production
+slmc:   warmup (exact sweeps, first training data) -> train (rounds) -> freeze -> thermalize (outer
+        steps with the frozen H_eff) -> production; with `effective.load`, the stored model is
+        frozen at once and the run starts at thermalize.
+
+Every rank runs its own chains; with `evaluator.kind: slepc` the world is split into groups of
+`ranks_per_config` ranks that share one diagonalisation and hold identical chains, and only a
+group's leader writes its rows. All decisions that change control flow (checkpoint now, stop now)
+are taken collectively at step boundaries, so every rank enters the same collectives in the same
+order; an exception on one rank propagates to the CLI, which aborts the whole job.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from slmc_hpc import __version__
+from slmc_hpc.config import Config, config_from_dict, config_sha256, resume_differences, to_yaml
+from slmc_hpc.errors import InputError
+from slmc_hpc.evaluators import make_evaluator
+from slmc_hpc.io.checkpoint import Checkpoint, read_checkpoint, rng_from_text, rng_state_text, write_checkpoint
+from slmc_hpc.io.runfile import SAMPLE_NAMES, TIMING_NAMES, Layout, RunFile, package_versions, read_run_summary
+from slmc_hpc.parallel import allreduce_sum, broadcast, local_chains, world
+from slmc_hpc.physics import DoubleExchange
+from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_chains, measure
+
+RUN_FILE, CHECKPOINT_FILE = "run.h5", "checkpoint.h5"
+FLUSH_MEASUREMENTS = 256  # buffered measurements per block written to run.h5
+FLUSH_SECONDS = 30.0  # ...or at least this often, so that readers see progress
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DONE = "done"
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; the checkpoint is written and the run can be resumed."""
+
+
+def build_model(config: Config) -> DoubleExchange:
+    m = config.model
+    return DoubleExchange(lx=m.lx, ly=m.ly, hoppings=m.hoppings, J=m.J, mu=m.mu, T=m.T)
+
+
+def phases(config: Config) -> tuple[str, ...]:
+    """The phases of a run, in order."""
+    if config.sampler.kind == "exact":
+        return ("thermalize", "production")
+    if config.effective.load is not None:
+        return ("freeze", "thermalize", "production")
+    return ("warmup", "train", "freeze", "thermalize", "production")
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------ who runs what
+
+
+@dataclass
+class Topology:
+    """The world, its diagonalisation groups and this rank's chains."""
+
+    comm: object
+    group_comm: object
+    rank: int
+    size: int
+    group: int
+    n_groups: int
+    leader: bool
+    chains: range
+    n_chains: int
+
+    @classmethod
+    def build(cls, config: Config, comm) -> Topology:
+        rank, size = comm.Get_rank(), comm.Get_size()
+        per_group = config.evaluator.ranks_per_config if config.evaluator.kind == "slepc" else 1
+        if size % per_group:
+            raise InputError(
+                f"evaluator.ranks_per_config = {per_group} does not divide the {size} MPI ranks of this job"
+            )
+        group = rank // per_group
+        group_comm = comm.Split(group, rank) if per_group > 1 else None
+        leader = group_comm is None or group_comm.Get_rank() == 0
+        cpr = config.sampler.chains_per_rank
+        return cls(comm, group_comm, rank, size, group, size // per_group, leader, local_chains(cpr, group),
+                   size // per_group * cpr)  # fmt: skip
+
+    def layout(self, config: Config) -> Layout:
+        return Layout(
+            n_chains=self.n_chains,
+            chains_per_writer=config.sampler.chains_per_rank,
+            lx=config.model.lx,
+            ly=config.model.ly,
+            mpi_size=self.size,
+            rank=self.rank,
+            rows=self.chains if self.leader else None,
+        )
+
+
+# ------------------------------------------------------------------------------------ start or resume
+
+
+def _config_from_yaml(text: str) -> Config:
+    from ruamel.yaml import YAML
+
+    return config_from_dict(YAML(typ="safe", pure=True).load(text), source="checkpoint")
+
+
+def _plan(run_dir: Path, config: Config, n_chains: int, force: bool) -> str:
+    """'fresh' or 'resume' (rank 0 only); every refusal is an InputError naming the file."""
+    run_path, ckpt_path = run_dir / RUN_FILE, run_dir / CHECKPOINT_FILE
+    status = None
+    if run_path.exists():
+        try:
+            status = read_run_summary(run_path)["attrs"].get("status")
+        except (OSError, KeyError) as exc:
+            if not force:
+                raise InputError(f"{run_path}: exists but is not a readable run file ({exc}); --force overwrites it")
+            return "fresh"
+    if status == "finished":
+        if not force:
+            raise InputError(f"{run_dir} holds a finished run ({run_path}); use --force to overwrite it")
+        return "fresh"
+    if ckpt_path.exists():
+        ckpt = read_checkpoint(ckpt_path, n_chains=n_chains)
+        try:
+            old = _config_from_yaml(ckpt.config_yaml)
+        except InputError as exc:
+            raise InputError(f"{ckpt_path}: its configuration is not valid here: {exc}") from None
+        differences = resume_differences(old, config)
+        if differences and not force:
+            raise InputError(
+                f"the configuration differs from the one in {ckpt_path}:\n  "
+                + "\n  ".join(differences)
+                + "\nuse --force to resume anyway, or choose another output.dir"
+            )
+        if not run_path.exists():
+            raise InputError(f"{ckpt_path} exists but {run_path} is missing: cannot resume")
+        return "resume"
+    if run_path.exists() and not force:
+        raise InputError(
+            f"{run_path} exists (status {status}) but {ckpt_path} is missing, so it cannot be resumed; "
+            "use --force to start afresh"
+        )
+    return "fresh"
+
+
+def _collective(comm, rank: int, function, *args):
+    """Run `function` on rank 0 and give its result to every rank; an InputError is raised on all ranks."""
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = function(*args)
+        except InputError as exc:
+            error = str(exc)
+    result, error = broadcast(comm, (result, error))
+    if error is not None:
+        raise InputError(error)
+    return result
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Progress:
+    """Where the run stands: phase, steps done in it, measurements taken, training rounds done."""
+
+    phase: str
+    step: int = 0
+    measurements: int = 0
+    rounds: int = 0
+
+    def counters(self) -> dict:
+        return {"phase": self.phase, "step": self.step, "measurements": self.measurements, "rounds": self.rounds}
+
+
+@dataclass
+class Window:
+    """Accumulators of the current measurement window (acceptance per chain, seconds per kind)."""
+
+    acceptance: np.ndarray
+    steps: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_NAMES, 0.0))
+
+
+class Run:
+    """One rank's view of a run: its chains, samplers, files and the phase loop."""
+
+    def __init__(self, config: Config, topo: Topology, mode: str):
+        self.config, self.topo = config, topo
+        self.run_dir = Path(config.output.dir)
+        self.phases = phases(config)
+        self.model = build_model(config)
+        kind = config.evaluator.kind
+        self.evaluator = make_evaluator(kind, self.model, comm=topo.group_comm if kind == "slepc" else None)
+        self.effective = None
+        self.learner = None
+        if config.sampler.kind == "slmc":
+            from slmc_hpc.effective import make_effective
+
+            self.effective = make_effective(config.effective, self.model.lattice)
+        self.history: dict[str, list[float]] = {"loss": [], "round_acceptance": [], "round_samples": []}
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.buffer_timing: list[dict[str, float]] = []
+        self.stop_requested = False
+        self.last_checkpoint = self.last_flush = time.monotonic()
+        if mode == "resume":
+            self._resume()
+        else:
+            self._start()
+
+    # -- start / resume ---------------------------------------------------------------------------
+    def _root_attrs(self) -> dict:
+        return {
+            "code_version": __version__,
+            "config_yaml": to_yaml(self.config),
+            "config_sha256": config_sha256(self.config),
+            "mpi_size": self.topo.size,
+            "package_versions": package_versions(),
+        }
+
+    def _start(self) -> None:
+        topo = self.topo
+        if topo.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        topo.comm.Barrier()
+        self.state = init_chains(self.evaluator, self.config.seed, topo.chains)
+        self.window = Window(np.zeros(len(topo.chains)))
+        self.progress = Progress(self.phases[0])
+        attrs = {**self._root_attrs(), "start_time": _now_iso(), "status": "running", "phase": self.progress.phase}
+        self.runfile = RunFile.create(self.run_dir / RUN_FILE, topo.comm, topo.layout(self.config), attrs)
+        self._make_learner()
+
+    def _resume(self) -> None:
+        topo = self.topo
+        ckpt = read_checkpoint(self.run_dir / CHECKPOINT_FILE, topo.n_chains, rows=topo.chains, rank=topo.rank)
+        if ckpt.chains["spins"].shape[1] != self.model.n_sites:
+            raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: its spins do not fit a {self.model.lattice} lattice")
+        c = ckpt.counters
+        self.progress = Progress(str(c["phase"]), int(c["step"]), int(c["measurements"]), int(c["rounds"]))
+        self.state = ChainState(
+            spins=ckpt.chains["spins"],
+            omega=ckpt.chains["omega"],
+            eigenvalues=ckpt.chains["eigenvalues"],
+            rngs=[rng_from_text(text) for text in ckpt.rng_states],
+            chains=np.asarray(topo.chains, dtype=np.int64),
+        )
+        self.window = Window(ckpt.chains["window_acceptance"], steps=int(c["window_steps"]))
+        self.history = {name: list(np.asarray(values, dtype=np.float64)) for name, values in ckpt.history.items()}
+        if self.effective is not None and ckpt.parameters:
+            self.effective.set_parameters(ckpt.parameters)
+        self.runfile = RunFile.reopen(
+            self.run_dir / RUN_FILE, topo.comm, topo.layout(self.config), self.progress.measurements
+        )
+        self.runfile.set_attrs(**self._root_attrs(), status="running", phase=self.progress.phase, resumed=_now_iso())
+        self._make_learner(ckpt)
+
+    def _make_learner(self, ckpt: Checkpoint | None = None) -> None:
+        """The self-learning loop (only while training remains to be done)."""
+        if self.config.sampler.kind != "slmc" or "train" not in self.phases:
+            return
+        if self.phases.index(self.progress.phase if self.progress.phase != DONE else "production") > 1:
+            return
+        from slmc_hpc.effective.training import SelfLearning
+
+        self.learner = SelfLearning(self.effective, self.evaluator, self.config.training, comm=self.topo.comm)
+        if ckpt is not None and ckpt.rank_blobs:
+            import torch
+
+            state = torch.load(io.BytesIO(ckpt.rank_blobs[0]["learner"]), weights_only=False)
+            if self.topo.rank == 0 and "trainer" in ckpt.blobs:
+                state["trainer"] = torch.load(io.BytesIO(ckpt.blobs["trainer"]), weights_only=False)
+            self.learner.load_state_dict(state)
+
+    # -- the phase loop ---------------------------------------------------------------------------
+    def execute(self) -> None:
+        start = self.phases.index(self.progress.phase) if self.progress.phase != DONE else len(self.phases)
+        for name in self.phases[start:]:
+            self.runfile.set_attrs(phase=name)
+            getattr(self, f"_phase_{name}")()
+            following = self.phases.index(name) + 1
+            self.progress = Progress(
+                self.phases[following] if following < len(self.phases) else DONE,
+                measurements=self.progress.measurements,
+                rounds=self.progress.rounds,
+            )
+            self._checkpoint()
+        self.runfile.set_attrs(status="finished", phase=DONE, end_time=_now_iso())
+        self.runfile.close()
+
+    def _phase_thermalize(self) -> None:
+        self._sample("thermalize", self.config.sampler.thermalization, measuring=False)
+
+    def _phase_production(self) -> None:
+        s = self.config.sampler
+        self._sample("production", s.measurements * s.measure_every, measuring=True)
+
+    def _phase_freeze(self) -> None:
+        from slmc_hpc.io.model import read_model, write_model
+
+        load = self.config.effective.load
+        if load is not None:
+            import h5py
+
+            with h5py.File(load, "r", locking=False) as f:
+                if "model" not in f:
+                    raise InputError(f"effective.load: {load} has no /model group")
+                loaded = read_model(f["model"], self.model.lattice)
+            self.effective.set_parameters(loaded.parameters())
+        if "model" in self.runfile.file:
+            del self.runfile.file["model"]
+        write_model(self.runfile.file.create_group("model"), self.effective, self._history_arrays(), True)
+        self.runfile.flush()
+
+    def _step_function(self, phase: str):
+        if self.config.sampler.kind == "exact" or phase == "warmup":
+            return ExactLocalSampler(self.evaluator).sweep
+        return SLMCSampler(self.evaluator, self.effective, self.config.sampler.inner_sweeps).step
+
+    def _sample(self, phase: str, total: int, measuring: bool) -> None:
+        step = self._step_function(phase)
+        every = self.config.sampler.measure_every
+        with self._progress_bar(phase, total) as bar:
+            while self.progress.step < total:
+                info = step(self.state)
+                self.progress.step += 1
+                w = self.window
+                w.acceptance += info.accepted
+                w.steps += 1
+                for key, seconds in info.timings.items():
+                    w.seconds[key] += seconds
+                if measuring and self.progress.step % every == 0:
+                    self._measure()
+                bar.update(1)
+                if self.progress.step % 10 == 0 or self.progress.step == total:
+                    bar.set_postfix(acceptance=f"{np.mean(info.accepted):.3f}", refresh=False)
+                self._boundary()
+        self.window = Window(np.zeros(len(self.topo.chains)))
+
+    def _measure(self) -> None:
+        start = time.perf_counter()
+        w = self.window
+        sample = measure(self.model, self.state)
+        sample["acceptance"] = w.acceptance / max(w.steps, 1)
+        self.buffer.append(sample)
+        w.seconds["measure"] += time.perf_counter() - start
+        self.buffer_timing.append(w.seconds)
+        self.window = Window(np.zeros(len(self.topo.chains)))
+        self.progress.measurements += 1
+
+    # -- collective decisions ---------------------------------------------------------------------
+    def _boundary(self) -> None:
+        """Between two steps: every rank learns whether to stop, checkpoint or flush, and does it."""
+        flags = np.zeros(3, dtype=np.int64)
+        flags[0] = self.stop_requested
+        if self.topo.rank == 0:
+            now = time.monotonic()
+            flags[1] = now - self.last_checkpoint >= self.config.output.checkpoint_every
+            flags[2] = now - self.last_flush >= FLUSH_SECONDS
+        flags = allreduce_sum(self.topo.comm, flags)
+        if flags[0]:
+            self._checkpoint()
+            raise Interrupted
+        if flags[1]:
+            self._checkpoint()
+        elif flags[2] or len(self.buffer) >= FLUSH_MEASUREMENTS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered measurements to run.h5 (collective)."""
+        start = time.perf_counter()
+        count = len(self.buffer)
+        if count:
+            samples = None
+            if self.topo.leader:
+                samples = {name: np.stack([m[name] for m in self.buffer], axis=1) for name in (*SAMPLE_NAMES, "sq")}
+            timing = {name: np.array([t[name] for t in self.buffer_timing]) for name in TIMING_NAMES}
+            self.runfile.append(samples, timing, count)
+        self.buffer, self.buffer_timing = [], []
+        self.runfile.write_training(self._history_arrays())
+        self.last_flush = time.monotonic()
+        self.window.seconds["io"] += time.perf_counter() - start
+
+    def _history_arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(values, dtype=np.float64) for name, values in self.history.items()}
+
+    def _checkpoint(self) -> None:
+        """Flush run.h5, then write checkpoint.h5 from rank 0 (atomically)."""
+        self._flush()
+        start = time.perf_counter()
+        topo = self.topo
+        mine = None
+        if topo.leader:
+            mine = {
+                "spins": self.state.spins,
+                "omega": self.state.omega,
+                "eigenvalues": self.state.eigenvalues,
+                "window_acceptance": self.window.acceptance,
+                "rng": [rng_state_text(rng) for rng in self.state.rngs],
+            }
+        learner_blobs = self._learner_blobs()
+        gathered = topo.comm.gather((mine, learner_blobs), root=0)
+        if topo.rank == 0:
+            parts = [part for part, _ in gathered if part is not None]
+            counters = {**self.progress.counters(), "window_steps": self.window.steps}
+            ckpt = Checkpoint(
+                config_yaml=to_yaml(self.config),
+                config_sha256=config_sha256(self.config),
+                mpi_size=topo.size,
+                n_chains=topo.n_chains,
+                counters=counters,
+                chains={
+                    name: np.concatenate([p[name] for p in parts])
+                    for name in ("spins", "omega", "eigenvalues", "window_acceptance")
+                },
+                rng_states=[text for p in parts for text in p["rng"]],
+                parameters=self.effective.parameters() if self.effective is not None else {},
+                history=self._history_arrays(),
+                blobs=self._trainer_blob(),
+                rank_blobs=[blobs for _, blobs in gathered] if self.learner is not None else [],
+                time=time.time(),
+            )
+            write_checkpoint(self.run_dir / CHECKPOINT_FILE, ckpt)
+        self.last_checkpoint = time.monotonic()
+        self.window.seconds["io"] += time.perf_counter() - start
+
+    def _learner_blobs(self) -> dict[str, bytes]:
+        if self.learner is None:
+            return {}
+        import torch
+
+        state = dict(self.learner.state_dict())
+        state.pop("trainer", None)  # rank 0's optimizer state is stored once, in /blobs
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return {"learner": buffer.getvalue()}
+
+    def _trainer_blob(self) -> dict[str, bytes]:
+        if self.learner is None:
+            return {}
+        import torch
+
+        trainer = self.learner.state_dict().get("trainer")
+        if trainer is None:
+            return {}
+        buffer = io.BytesIO()
+        torch.save(trainer, buffer)
+        return {"trainer": buffer.getvalue()}
+
+    # -- progress ---------------------------------------------------------------------------------
+    def _progress_bar(self, phase: str, total: int):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total,
+            initial=self.progress.step,
+            desc=phase,
+            unit="step",
+            file=sys.stderr,
+            disable=self.topo.rank != 0,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
+
+
+# ------------------------------------------------------------------------------------ entry points
+
+
+class _StopFlag:
+    """SIGTERM/SIGUSR1 handlers that only set a flag; the run stops at the next step boundary."""
+
+    def __init__(self, run_holder: dict):
+        self.holder = run_holder
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.holder["stop"] = True
+        run = self.holder.get("run")
+        if run is not None:
+            run.stop_requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run_simulation(config: Config, force: bool = False) -> None:
+    """Run (or resume) the simulation that `config` describes, on every rank of MPI.COMM_WORLD."""
+    comm = world()
+    topo = Topology.build(config, comm)
+    run_dir = Path(config.output.dir)
+    mode = _collective(comm, topo.rank, _plan, run_dir, config, topo.n_chains, force)
+    holder: dict = {}
+    with _StopFlag(holder):
+        run = Run(config, topo, mode)
+        run.stop_requested = holder.get("stop", False)
+        holder["run"] = run
+        if topo.rank == 0:
+            action = "resuming" if mode == "resume" else "starting"
+            sys.stderr.write(
+                f"slmc-hpc: {action} {run_dir} at phase {run.progress.phase} "
+                f"({topo.size} ranks, {topo.n_chains} chains)\n"
+            )
+        try:
+            run.execute()
+        except Interrupted:
+            run.runfile.close()
+            if topo.rank == 0:
+                sys.stderr.write(
+                    f"slmc-hpc: stopped by signal at phase {run.progress.phase}; checkpoint written, "
+                    "run the same command again to resume\n"
+                )
+
+
+def status_report(run_dir: str | Path) -> str:
+    """Phase, progress, recent acceptance and last checkpoint time of a run (finished or still going)."""
+    from slmc_hpc.io.checkpoint import checkpoint_time
+
+    run_dir = Path(run_dir)
+    run_path = run_dir / RUN_FILE
+    if not run_path.exists():
+        raise InputError(f"{run_dir}: no {RUN_FILE} here")
+    try:
+        summary = read_run_summary(run_path)
+    except (OSError, KeyError) as exc:
+        return f"{run_path}: being written, cannot be read right now ({exc}); try again"
+    attrs = summary["attrs"]
+    try:
+        total = _config_from_yaml(attrs["config_yaml"]).sampler.measurements
+    except (KeyError, InputError):
+        total = None
+    lines = [
+        f"run:          {run_path}",
+        f"status:       {attrs.get('status', '?')}",
+        f"phase:        {attrs.get('phase', '?')}",
+        f"measurements: {summary['n_measurements']} / {total if total is not None else '?'}"
+        + (f" ({100 * summary['n_measurements'] / total:.1f}%)" if total else ""),
+        f"started:      {attrs.get('start_time', '?')}  ({attrs.get('mpi_size', '?')} MPI ranks)",
+    ]
+    if summary["recent_acceptance"] is not None:
+        lines.append(f"acceptance:   {summary['recent_acceptance']:.3f} (last measurements, all chains)")
+    training = summary["training"]
+    if len(training.get("loss", [])):
+        lines.append(f"training:     {len(training['loss'])} optimizer steps, last loss {training['loss'][-1]:.3e}")
+    if len(training.get("round_acceptance", [])):
+        lines.append(f"              round acceptance {np.round(training['round_acceptance'], 3).tolist()}")
+    when = checkpoint_time(run_dir / CHECKPOINT_FILE)
+    if when is not None:
+        stamp = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+        lines.append(f"checkpoint:   {stamp} ({time.time() - when:.0f} s ago)")
+    else:
+        lines.append("checkpoint:   none")
+    return "\n".join(lines)
