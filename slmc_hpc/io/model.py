@@ -1,0 +1,69 @@
+"""An effective model and its training history in an HDF5 group (`/model` of run.h5, or `effective.load`).
+
+Layout: one dataset per parameter tensor (named as in `model.parameters()`), attrs `kind`, `n_J`,
+`n_layers`, `n_att`, `n_parameters`, `frozen`; the history (loss per step, acceptance per round,
+...) as datasets under `history/`. The caller opens the file. Under MPI-IO every rank calls
+`write_model` with the same (broadcast) model, as HDF5 metadata operations are collective.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+
+from slmc_hpc.effective import make_effective
+from slmc_hpc.errors import InputError
+from slmc_hpc.lattice import Lattice
+
+HISTORY = "history"
+
+
+def _replace(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    if name in group:
+        del group[name]
+    group.create_dataset(name, data=data)
+
+
+def write_model(group: h5py.Group, model, history: dict | None = None, frozen: bool = False) -> None:
+    """Store the parameters (float64, one dataset each), the architecture and the history in `group`."""
+    for name, value in model.parameters().items():
+        _replace(group, name, np.asarray(value, dtype=np.float64))
+    group.attrs["kind"] = model.kind
+    group.attrs["n_J"] = int(model.n_J)
+    group.attrs["n_layers"] = int(getattr(model, "n_layers", 0))
+    group.attrs["n_att"] = int(getattr(model, "n_att", 0))
+    group.attrs["n_parameters"] = int(model.n_parameters())
+    group.attrs["frozen"] = bool(frozen)
+    if history:
+        target = group.require_group(HISTORY)
+        for name, values in history.items():
+            _replace(target, name, np.asarray(values))
+
+
+def read_model(group: h5py.Group, lattice: Lattice):
+    """The stored model, rebuilt on `lattice`, and its history: (model, dict of arrays)."""
+    try:
+        architecture = SimpleNamespace(
+            kind=str(group.attrs["kind"]),
+            n_J=int(group.attrs["n_J"]),
+            n_layers=int(group.attrs["n_layers"]),
+            n_att=int(group.attrs["n_att"]),
+            load=None,
+        )
+    except KeyError as missing:
+        raise InputError(f"{group.file.filename}:{group.name} holds no effective model (attribute {missing})") from None
+    model = make_effective(architecture, lattice)
+    expected = model.parameters()
+    parameters = {}
+    for name, value in expected.items():
+        if name not in group or group[name].shape != value.shape:
+            found = group[name].shape if name in group else "nothing"
+            raise InputError(
+                f"{group.file.filename}:{group.name}/{name}: expected a parameter of shape {value.shape}, found {found}"
+            )
+        parameters[name] = group[name][()]
+    model.set_parameters(parameters)
+    history = {name: ds[()] for name, ds in group[HISTORY].items()} if HISTORY in group else {}
+    return model, history

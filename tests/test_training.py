@@ -1,0 +1,128 @@
+"""Training: AdamW learns, restarts continue bit for bit, non-finite losses never leave NaN parameters,
+the data store keeps its cap, models survive HDF5, and data-parallel training over 2 MPI ranks equals
+training on the union of the data."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from slmc_hpc.effective import make_effective
+from slmc_hpc.effective.training import Trainer, TrainingData, fit_linear, pack_state, unpack_state
+from slmc_hpc.errors import TrainingError
+from slmc_hpc.io.model import read_model, write_model
+from slmc_hpc.lattice import Lattice
+from slmc_hpc.physics import random_spins
+from tests.conftest import REPO, mpirun
+
+torch.set_num_threads(1)
+
+LATTICE = Lattice(4, 4)
+TRAINING = SimpleNamespace(batch_size=8, lr=1e-2, weight_decay=1e-4, max_samples=50)
+
+
+def transformer(n_layers=1):
+    return make_effective(SimpleNamespace(kind="transformer", n_J=2, n_layers=n_layers, n_att=2, load=None), LATTICE)
+
+
+def target_data(n=40, seed=0):
+    """Ω from a transformer with generic attention: a linear model cannot fit it exactly."""
+    truth = transformer()
+    rng = np.random.default_rng(seed)
+    parameters = truth.parameters()
+    parameters["attention"] = rng.normal(scale=0.4, size=parameters["attention"].shape)
+    truth.set_parameters({**parameters, "e0": np.array(-20.0), "couplings": np.array([0.5, -0.2])})
+    spins = random_spins(rng, (n, LATTICE.n_sites))
+    return spins, truth.energy(spins)
+
+
+def test_training_lowers_the_loss_below_the_linear_fit():
+    spins, omega = target_data()
+    model = transformer()
+    linear_loss = fit_linear(model, spins, omega)
+    trainer = Trainer(model, SimpleNamespace(**{**vars(TRAINING), "batch_size": 40}), LATTICE.n_sites)
+    losses = trainer.train(spins, omega, 150)
+    assert losses[0] == pytest.approx(linear_loss, rel=1e-10)  # the first step sees the fitted model
+    assert losses[-1] < 0.5 * linear_loss
+
+
+def test_state_dict_continues_bit_for_bit():
+    spins, omega = target_data()
+    model = transformer()
+    fit_linear(model, spins, omega)
+    trainer = Trainer(model, TRAINING, LATTICE.n_sites, seed=3)
+    trainer.train(spins, omega, 4)
+    saved = unpack_state(pack_state(trainer.state_dict()))
+    expected_losses = trainer.train(spins, omega, 5)
+    expected = model.parameters()
+
+    resumed_model = transformer()
+    resumed = Trainer(resumed_model, TRAINING, LATTICE.n_sites, seed=3)
+    resumed.load_state_dict(saved)
+    assert np.array_equal(resumed.train(spins, omega, 5), expected_losses)
+    for name, value in expected.items():
+        assert np.array_equal(resumed_model.parameters()[name], value), name
+
+
+def test_linear_model_trains_by_gradient_too():
+    spins, omega = target_data()
+    model = make_effective(SimpleNamespace(kind="linear", n_J=2, n_layers=0, n_att=0, load=None), LATTICE)
+    model.set_parameters({"e0": np.array(-19.0), "couplings": np.zeros(2)})
+    losses = Trainer(model, TRAINING, LATTICE.n_sites).train(spins, omega, 30)
+    assert losses[-1] < losses[0]
+    assert model.parameters()["e0"] != -19.0  # the numpy model received the trained values
+
+
+def test_non_finite_loss_restores_the_last_good_parameters():
+    spins, omega = target_data()
+    model = transformer()
+    fit_linear(model, spins, omega)
+    trainer = Trainer(model, TRAINING, LATTICE.n_sites)
+    trainer.train(spins, omega, 2)
+    good = model.parameters()
+    omega = omega.copy()
+    omega[:] = np.nan
+    with pytest.raises(TrainingError, match="step 2.*loss = nan"):
+        trainer.train(spins, omega, 3)
+    for name, value in good.items():
+        assert np.array_equal(model.parameters()[name], value)
+    assert np.all(np.isfinite(model.energy(spins)))
+
+
+def test_training_data_keeps_the_newest_samples():
+    data = TrainingData(LATTICE.n_sites, max_samples=5)
+    spins = random_spins(np.random.default_rng(1), (7, LATTICE.n_sites))
+    data.append(spins[:4], np.arange(4.0))
+    data.append(spins[4:], np.arange(4.0, 7.0))
+    assert len(data) == 5
+    np.testing.assert_array_equal(data.arrays()[1], [2.0, 3.0, 4.0, 5.0, 6.0])
+    np.testing.assert_array_equal(data.arrays()[0], spins[2:])
+    copy = TrainingData(LATTICE.n_sites, max_samples=5)
+    copy.load_state_dict(unpack_state(pack_state(data.state_dict())))
+    np.testing.assert_array_equal(copy.arrays()[0], spins[2:])
+
+
+@pytest.mark.parametrize("kind", ["linear", "transformer"])
+def test_model_round_trip_through_hdf5(tmp_path, kind):
+    model = make_effective(SimpleNamespace(kind=kind, n_J=3, n_layers=2, n_att=4, load=None), LATTICE)
+    rng = np.random.default_rng(2)
+    model.set_parameters({k: rng.normal(size=v.shape) for k, v in model.parameters().items()})
+    history = {"loss": np.array([0.3, 0.2]), "round_acceptance": np.array([0.5])}
+    with h5py.File(tmp_path / "run.h5", "w") as f:
+        write_model(f.create_group("model"), model, history, frozen=True)
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        assert f["model"].attrs["frozen"] and f["model"].attrs["n_parameters"] == model.n_parameters()
+        loaded, loaded_history = read_model(f["model"], LATTICE)
+    assert loaded.kind == kind
+    np.testing.assert_array_equal(loaded_history["loss"], history["loss"])
+    spins = random_spins(rng, (3, LATTICE.n_sites))
+    assert np.array_equal(loaded.energy(spins), model.energy(spins))
+
+
+def test_two_ranks_train_like_one_rank_on_the_union():
+    proc = mpirun(2, [str(REPO / "tests" / "mpi_scripts" / "training_parallel.py")], timeout=240)
+    assert "training_parallel OK" in proc.stdout
