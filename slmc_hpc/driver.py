@@ -14,7 +14,6 @@ order; an exception on one rank propagates to the CLI, which aborts the whole jo
 
 from __future__ import annotations
 
-import io
 import signal
 import sys
 import time
@@ -125,7 +124,9 @@ def _plan(run_dir: Path, config: Config, n_chains: int, force: bool) -> str:
             status = read_run_summary(run_path)["attrs"].get("status")
         except (OSError, KeyError) as exc:
             if not force:
-                raise InputError(f"{run_path}: exists but is not a readable run file ({exc}); --force overwrites it")
+                raise InputError(
+                    f"{run_path}: exists but is not a readable run file ({exc}); --force overwrites it"
+                ) from None
             return "fresh"
     if status == "finished":
         if not force:
@@ -207,10 +208,9 @@ class Run:
         self.effective = None
         self.learner = None
         if config.sampler.kind == "slmc":
-            from slmc_hpc.effective import make_effective
-
-            self.effective = make_effective(config.effective, self.model.lattice)
+            self.effective = self._load_effective() if config.effective.load else self._new_effective()
         self.history: dict[str, list[float]] = {"loss": [], "round_acceptance": [], "round_samples": []}
+        self.progress = Progress(self.phases[0])
         self.buffer: list[dict[str, np.ndarray]] = []
         self.buffer_timing: list[dict[str, float]] = []
         self.stop_requested = False
@@ -266,21 +266,48 @@ class Run:
         self.runfile.set_attrs(**self._root_attrs(), status="running", phase=self.progress.phase, resumed=_now_iso())
         self._make_learner(ckpt)
 
+    def _new_effective(self):
+        from slmc_hpc.effective import make_effective
+
+        return make_effective(self.config.effective, self.model.lattice)
+
+    def _load_effective(self):
+        """The trained model stored in the run file that `effective.load` names."""
+        import h5py
+
+        from slmc_hpc.io.model import read_model
+
+        load = self.config.effective.load
+        try:
+            with h5py.File(load, "r", locking=False) as f:
+                if "model" not in f:
+                    raise InputError(f"effective.load: {load} holds no /model group (not a trained run?)")
+                return read_model(f["model"], self.model.lattice)[0]
+        except OSError as exc:
+            raise InputError(f"effective.load: cannot read {load}: {exc}") from None
+
     def _make_learner(self, ckpt: Checkpoint | None = None) -> None:
-        """The self-learning loop (only while training remains to be done)."""
-        if self.config.sampler.kind != "slmc" or "train" not in self.phases:
+        """The self-learning loop, only while warmup or training remain to be done."""
+        if self.progress.phase not in ("warmup", "train"):
             return
-        if self.phases.index(self.progress.phase if self.progress.phase != DONE else "production") > 1:
-            return
-        from slmc_hpc.effective.training import SelfLearning
+        from slmc_hpc.effective.training import SelfLearning, unpack_state
 
-        self.learner = SelfLearning(self.effective, self.evaluator, self.config.training, comm=self.topo.comm)
-        if ckpt is not None and ckpt.rank_blobs:
-            import torch
-
-            state = torch.load(io.BytesIO(ckpt.rank_blobs[0]["learner"]), weights_only=False)
-            if self.topo.rank == 0 and "trainer" in ckpt.blobs:
-                state["trainer"] = torch.load(io.BytesIO(ckpt.blobs["trainer"]), weights_only=False)
+        self.learner = SelfLearning(
+            self.effective,
+            self.evaluator,
+            self.config.training,
+            comm=self.topo.comm,
+            seed=self.config.seed,
+            inner_sweeps=self.config.sampler.inner_sweeps,
+        )
+        if ckpt is not None:
+            state = {
+                "data": unpack_state(ckpt.rank_blobs[0]["data"]),
+                "round": self.progress.rounds,
+                "history": ckpt.history,
+            }
+            if "trainer" in ckpt.blobs:
+                state["trainer"] = unpack_state(ckpt.blobs["trainer"])
             self.learner.load_state_dict(state)
 
     # -- the phase loop ---------------------------------------------------------------------------
@@ -299,52 +326,73 @@ class Run:
         self.runfile.set_attrs(status="finished", phase=DONE, end_time=_now_iso())
         self.runfile.close()
 
+    def _phase_warmup(self) -> None:
+        """Exact sweeps whose configurations are the first training data (checkpointable per sweep)."""
+
+        def sweep():
+            return self.learner.warmup(self.state, 1), {}
+
+        self._loop("warmup", self.config.training.warmup_sweeps, sweep, measuring=False)
+
+    def _phase_train(self) -> None:
+        """The initial linear fit, then sample-then-train rounds (checkpointable per round)."""
+        if self.progress.step == 0:
+            self.learner.fit_initial()
+
+        def round_():
+            result = self.learner.run_round(self.state)
+            self.progress.rounds = self.learner.round
+            return result.acceptance, {}
+
+        self._loop("train", self.config.training.rounds, round_, measuring=False)
+        self.history = {name: list(values) for name, values in self.learner.history.items()}
+        self.learner = None  # the training data are not needed any more
+
+    def _phase_freeze(self) -> None:
+        """Record the frozen H_eff in /model: production runs with exactly these parameters."""
+        from slmc_hpc.io.model import write_model
+
+        if "model" in self.runfile.file:
+            del self.runfile.file["model"]
+        write_model(self.runfile.file.create_group("model"), self.effective, self._history_arrays(), frozen=True)
+        self.runfile.flush()
+
     def _phase_thermalize(self) -> None:
-        self._sample("thermalize", self.config.sampler.thermalization, measuring=False)
+        self._loop("thermalize", self.config.sampler.thermalization, self._sampler_step(), measuring=False)
 
     def _phase_production(self) -> None:
         s = self.config.sampler
-        self._sample("production", s.measurements * s.measure_every, measuring=True)
+        self._loop("production", s.measurements * s.measure_every, self._sampler_step(), measuring=True)
 
-    def _phase_freeze(self) -> None:
-        from slmc_hpc.io.model import read_model, write_model
+    def _sampler_step(self):
+        """One sweep (exact) or one outer step (slmc, frozen H_eff): (acceptance per chain, timings)."""
+        if self.config.sampler.kind == "exact":
+            step = ExactLocalSampler(self.evaluator).sweep
+        else:
+            step = SLMCSampler(self.evaluator, self.effective, self.config.sampler.inner_sweeps).step
 
-        load = self.config.effective.load
-        if load is not None:
-            import h5py
+        def run_step():
+            info = step(self.state)
+            return info.accepted, info.timings
 
-            with h5py.File(load, "r", locking=False) as f:
-                if "model" not in f:
-                    raise InputError(f"effective.load: {load} has no /model group")
-                loaded = read_model(f["model"], self.model.lattice)
-            self.effective.set_parameters(loaded.parameters())
-        if "model" in self.runfile.file:
-            del self.runfile.file["model"]
-        write_model(self.runfile.file.create_group("model"), self.effective, self._history_arrays(), True)
-        self.runfile.flush()
+        return run_step
 
-    def _step_function(self, phase: str):
-        if self.config.sampler.kind == "exact" or phase == "warmup":
-            return ExactLocalSampler(self.evaluator).sweep
-        return SLMCSampler(self.evaluator, self.effective, self.config.sampler.inner_sweeps).step
-
-    def _sample(self, phase: str, total: int, measuring: bool) -> None:
-        step = self._step_function(phase)
+    def _loop(self, phase: str, total: int, step, measuring: bool) -> None:
+        """Run `step` until the phase has `total` steps, measuring and deciding at every step boundary."""
         every = self.config.sampler.measure_every
         with self._progress_bar(phase, total) as bar:
             while self.progress.step < total:
-                info = step(self.state)
+                accepted, timings = step()
                 self.progress.step += 1
                 w = self.window
-                w.acceptance += info.accepted
+                w.acceptance += accepted
                 w.steps += 1
-                for key, seconds in info.timings.items():
+                for key, seconds in timings.items():
                     w.seconds[key] += seconds
                 if measuring and self.progress.step % every == 0:
                     self._measure()
                 bar.update(1)
-                if self.progress.step % 10 == 0 or self.progress.step == total:
-                    bar.set_postfix(acceptance=f"{np.mean(info.accepted):.3f}", refresh=False)
+                bar.set_postfix(acceptance=f"{np.mean(accepted):.3f}", refresh=False)
                 self._boundary()
         self.window = Window(np.zeros(len(self.topo.chains)))
 
@@ -393,7 +441,8 @@ class Run:
         self.window.seconds["io"] += time.perf_counter() - start
 
     def _history_arrays(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(values, dtype=np.float64) for name, values in self.history.items()}
+        history = self.learner.history if self.learner is not None else self.history
+        return {name: np.asarray(values, dtype=np.float64) for name, values in history.items()}
 
     def _checkpoint(self) -> None:
         """Flush run.h5, then write checkpoint.h5 from rank 0 (atomically)."""
@@ -436,27 +485,20 @@ class Run:
         self.window.seconds["io"] += time.perf_counter() - start
 
     def _learner_blobs(self) -> dict[str, bytes]:
+        """This rank's training data (npz bytes): each rank keeps its own."""
         if self.learner is None:
             return {}
-        import torch
+        from slmc_hpc.effective.training import pack_state
 
-        state = dict(self.learner.state_dict())
-        state.pop("trainer", None)  # rank 0's optimizer state is stored once, in /blobs
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        return {"learner": buffer.getvalue()}
+        return {"data": pack_state(self.learner.data.state_dict())}
 
     def _trainer_blob(self) -> dict[str, bytes]:
-        if self.learner is None:
+        """Rank 0's optimizer state (npz bytes), stored once."""
+        if self.learner is None or self.learner.trainer is None:
             return {}
-        import torch
+        from slmc_hpc.effective.training import pack_state
 
-        trainer = self.learner.state_dict().get("trainer")
-        if trainer is None:
-            return {}
-        buffer = io.BytesIO()
-        torch.save(trainer, buffer)
-        return {"trainer": buffer.getvalue()}
+        return {"trainer": pack_state(self.learner.trainer.state_dict())}
 
     # -- progress ---------------------------------------------------------------------------------
     def _progress_bar(self, phase: str, total: int):
