@@ -94,9 +94,13 @@ def exchange_slots(csr: scipy.sparse.csr_matrix, first_site: int) -> np.ndarray:
 class SlepcEvaluator:
     """All eigenvalues of h(S) by SLEPc on the ranks of `comm`; every rank gets the same result.
 
-    Options: `eps_type` (krylovschur | lapack | scalapack | ...), `ds_method` (the dense solver of
-    the projected problem; 2 = divide and conquer), `tol`, and `petsc_options`, any further
-    PETSc/SLEPc options (without the leading dash) set through PETSc.Options under a private prefix.
+    Options: `eps_type`, `ds_method` (dense solver of the projected problem: 0 QR, 1 MRRR, 2 divide
+    and conquer), `tol`, and `petsc_options`, any further PETSc/SLEPc options (without the leading
+    dash), set through PETSc.Options under a private prefix. What the solvers keep per rank:
+    - `krylovschur` (default): the Krylov basis is distributed (n^2/p), but the projected n x n
+      problem is solved redundantly on every rank; fastest SLEPc route measured here.
+    - `scalapack`: everything distributed (block-cyclic); the one to use when n^2 no longer fits a rank.
+    - `lapack`: gathers the whole matrix on every rank (a redundant dense solve; for testing).
     """
 
     kind = "slepc"
@@ -173,7 +177,10 @@ class SlepcEvaluator:
 
     def omega(self, spins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         spins = np.asarray(spins, dtype=np.float64)
-        eigenvalues = np.stack([self.eigenvalues(s) for s in spins.reshape((-1,) + spins.shape[-2:])])
+        batch = spins.reshape((-1,) + spins.shape[-2:])
+        eigenvalues = np.empty((len(batch), self.model.n_orbitals))
+        for b, configuration in enumerate(batch):
+            eigenvalues[b] = self.eigenvalues(configuration)
         eigenvalues = eigenvalues.reshape(spins.shape[:-2] + (self.model.n_orbitals,))
         return self.model.grand_potential(eigenvalues), eigenvalues
 

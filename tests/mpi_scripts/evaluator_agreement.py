@@ -14,17 +14,18 @@ from slmc_hpc.parallel import world
 from slmc_hpc.physics import DoubleExchange, random_spins
 
 CASES = [
-    # (L, hoppings, J, mu, T, configurations)
-    (6, {1: 1.0}, 1.0, 0.0, 0.05, 3),
-    (6, {1: 1.0, 2: -0.3, 3: 0.1}, -2.0, 0.3, 0.1, 2),
-    (16, {1: 1.0, 2: 0.2}, 1.5, -0.5, 0.05, 2),
-    (16, {1: 1.0}, -1.0, 0.0, 0.02, 1),
+    # (lx, ly, hoppings, J, mu, T, configurations)
+    (6, 6, {1: 1.0}, 1.0, 0.0, 0.05, 3),
+    (6, 6, {1: 1.0, 2: -0.3, 3: 0.1}, -2.0, 0.3, 0.1, 2),
+    (16, 16, {1: 1.0, 2: 0.2}, 1.5, -0.5, 0.05, 2),
+    (16, 16, {1: 1.0}, -1.0, 0.0, 0.02, 1),
+    (5, 3, {1: 1.0, 2: 0.5}, 3.0, 0.2, 0.1, 2),  # odd site count: the ranks own unequal blocks
 ]
 
 
-def check_case(comm, lx: int, hoppings: dict, J: float, mu: float, T: float, count: int) -> str:
-    model = DoubleExchange(lx, lx, hoppings, J=J, mu=mu, T=T)
-    spins = random_spins(np.random.default_rng(1000 + lx), (count, model.n_sites))
+def check_case(comm, lx: int, ly: int, hoppings: dict, J: float, mu: float, T: float, count: int) -> str:
+    model = DoubleExchange(lx, ly, hoppings, J=J, mu=mu, T=T)
+    spins = random_spins(np.random.default_rng(1000 + lx * ly), (count, model.n_sites))
     slepc = make_evaluator("slepc", model, comm=comm)
     omega, eigenvalues = slepc.omega(spins)
     expected_omega, expected_eigenvalues = make_evaluator("dense", model).omega(spins)
@@ -32,13 +33,13 @@ def check_case(comm, lx: int, hoppings: dict, J: float, mu: float, T: float, cou
     omega_error = np.max(np.abs(omega - expected_omega) / np.abs(expected_omega))
     eig_error = np.max(np.abs(eigenvalues - expected_eigenvalues)) / scale
     assert eigenvalues.shape == (count, model.n_orbitals), eigenvalues.shape
-    assert omega_error < 1e-10, f"{lx}x{lx} J={J}: Ω differs from dense by {omega_error:.2e} (relative)"
-    assert eig_error < 1e-10, f"{lx}x{lx} J={J}: eigenvalues differ from dense by {eig_error:.2e} (relative)"
+    assert omega_error < 1e-10, f"{lx}x{ly} J={J}: Ω differs from dense by {omega_error:.2e} (relative)"
+    assert eig_error < 1e-10, f"{lx}x{ly} J={J}: eigenvalues differ from dense by {eig_error:.2e} (relative)"
     # Every rank of the communicator must hold bit-for-bit the same answer.
     copies = comm.allgather((omega.tobytes(), eigenvalues.tobytes()))
-    assert all(c == copies[0] for c in copies), f"{lx}x{lx}: ranks disagree"
+    assert all(c == copies[0] for c in copies), f"{lx}x{ly}: ranks disagree"
     slepc.close()
-    return f"{lx}x{lx} t={hoppings} J={J}: |ΔΩ/Ω| = {omega_error:.1e}, |ΔE|/max|E| = {eig_error:.1e}"
+    return f"{lx}x{ly} t={hoppings} J={J}: |ΔΩ/Ω| = {omega_error:.1e}, |ΔE|/max|E| = {eig_error:.1e}"
 
 
 def main() -> None:
