@@ -35,7 +35,7 @@ from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_c
 
 RUN_FILE, CHECKPOINT_FILE = "run.h5", "checkpoint.h5"
 FLUSH_MEASUREMENTS = 256  # buffered measurements per block written to run.h5
-FLUSH_SECONDS = 30.0  # ...or at least this often, so that readers see progress
+FLUSH_SECONDS = 30.0  # ...or this often (and 4x per checkpoint interval), so that readers see progress
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 DONE = "done"
 
@@ -415,7 +415,7 @@ class Run:
         if self.topo.rank == 0:
             now = time.monotonic()
             flags[1] = now - self.last_checkpoint >= self.config.output.checkpoint_every
-            flags[2] = now - self.last_flush >= FLUSH_SECONDS
+            flags[2] = now - self.last_flush >= min(FLUSH_SECONDS, self.config.output.checkpoint_every / 4)
         flags = allreduce_sum(self.topo.comm, flags)
         if flags[0]:
             self._checkpoint()
