@@ -4,6 +4,7 @@ training on the union of the data."""
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import h5py
@@ -126,3 +127,41 @@ def test_model_round_trip_through_hdf5(tmp_path, kind):
 def test_two_ranks_train_like_one_rank_on_the_union():
     proc = mpirun(2, [str(REPO / "tests" / "mpi_scripts" / "training_parallel.py")], timeout=240)
     assert "training_parallel OK" in proc.stdout
+
+
+def self_learning(kind, seed=4):
+    from slmc_hpc.effective.training import SelfLearning
+    from slmc_hpc.evaluators import make_evaluator
+    from slmc_hpc.physics import DoubleExchange
+    from slmc_hpc.samplers import init_chains
+
+    evaluator = make_evaluator("dense", DoubleExchange(4, 4, {1: 1.0}, J=2.0, mu=0.0, T=0.1))
+    architecture = SimpleNamespace(kind=kind, n_J=2, n_layers=1, n_att=2, load=None)
+    training = SimpleNamespace(**{**vars(TRAINING), "max_samples": 1000}, outer_steps_per_round=3, steps_per_round=4)
+    learner = SelfLearning(make_effective(architecture, LATTICE), evaluator, training, seed=seed)
+    return learner, init_chains(evaluator, seed, range(2))
+
+
+@pytest.mark.parametrize("kind", ["linear", "transformer"])
+def test_self_learning_rounds_collect_every_evaluation_and_resume_exactly(kind):
+    learner, chains = self_learning(kind)
+    assert 0.0 < learner.warmup(chains, 2) <= 1.0
+    assert len(learner.data) == 2 * 2
+    assert np.isfinite(learner.fit_initial())
+    first = learner.run_round(chains)
+    assert first.n_samples == 4 + 3 * 2 and 0.0 <= first.acceptance <= 1.0
+    assert len(first.losses) == (4 if kind == "transformer" else 0) and np.isfinite(first.data_loss)
+
+    # What the driver checkpoints: the learner's state, the model's parameters and the chains.
+    saved, parameters = copy.deepcopy(learner.state_dict()), learner.effective.parameters()
+    saved_chains = copy.deepcopy(chains)
+    second = learner.run_round(chains)
+    resumed, _ = self_learning(kind)
+    resumed.effective.set_parameters(parameters)
+    resumed.load_state_dict(saved)
+    again = resumed.run_round(saved_chains)
+    assert again.acceptance == second.acceptance and np.array_equal(again.losses, second.losses)
+    assert np.array_equal(saved_chains.spins, chains.spins)
+    for name, value in learner.effective.parameters().items():
+        assert np.array_equal(resumed.effective.parameters()[name], value), name
+    assert resumed.history["round_acceptance"] == learner.history["round_acceptance"]

@@ -10,6 +10,7 @@ MPI goes through `slmc_hpc.parallel`; nothing here touches files.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,7 +34,8 @@ def fit_linear(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
     omega = np.asarray(omega, dtype=np.float64)
     k = features.shape[1]
     packed = np.concatenate([(features.T @ features).ravel(), features.T @ omega])
-    packed = parallel.allreduce_sum(comm, packed)
+    # Broadcast rank 0's sums: an allreduce need not round identically on every rank.
+    packed = parallel.broadcast_array(comm, parallel.allreduce_sum(comm, packed))
     normal_matrix, rhs = packed[: k * k].reshape(k, k), packed[k * k :]
     coefficients = np.linalg.lstsq(normal_matrix, rhs, rcond=None)[0]
     model.set_readout(coefficients[0], coefficients[1:])
@@ -229,3 +231,111 @@ def pack_state(state: dict[str, np.ndarray]) -> bytes:
 def unpack_state(blob: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
         return {key.replace("|", "/"): archive[key] for key in archive.files}
+
+
+@dataclass
+class RoundResult:
+    """One self-learning round: global outer acceptance, global number of stored samples, the loss per
+    optimizer step (minibatches; none for the linear model) and the loss on all data after the round."""
+
+    acceptance: float
+    n_samples: int
+    losses: np.ndarray
+    data_loss: float = float("nan")
+
+
+#: Training history (DESIGN §5 `/training`): loss per optimizer step; per round the outer acceptance,
+#: the number of stored samples (all ranks) and the loss on all data after the round's fit.
+HISTORY = ("loss", "round_acceptance", "round_samples", "round_loss")
+
+
+class SelfLearning:
+    """The resumable sample-then-train loop (DESIGN §3); the driver calls it between checkpoints.
+
+    Explicit state (`state_dict`): this rank's data, the round index, the histories and the
+    trainer (rank 0's copy is the one to store; `load_state_dict` broadcasts it). No file I/O.
+    The linear model is refitted on all data every round (its fit is exact); the transformer
+    takes `steps_per_round` AdamW steps, after which its read-out (E_0, J_n) is refitted exactly.
+
+    >>> learner = SelfLearning(effective, evaluator, config.training, comm, seed, inner_sweeps)
+    >>> learner.warmup(state, config.training.warmup_sweeps); learner.fit_initial()
+    >>> for _ in range(config.training.rounds): result = learner.run_round(state)
+    """
+
+    def __init__(self, effective, evaluator, training_config, comm=None, seed: int = 0, inner_sweeps: int = 1):
+        self.effective, self.evaluator, self.config, self.comm = effective, evaluator, training_config, comm
+        self.inner_sweeps = int(inner_sweeps)
+        n_sites = evaluator.model.n_sites
+        self.data = TrainingData(n_sites, getattr(training_config, "max_samples", None))
+        self.trainer = None
+        if effective.kind != "linear":
+            self.trainer = Trainer(effective, training_config, n_sites, comm=comm, seed=seed)
+        self.round = 0
+        self.history: dict[str, list[float]] = {name: [] for name in HISTORY}
+
+    def _global_mean(self, values: np.ndarray) -> float:
+        total, count = parallel.allreduce_sum(self.comm, np.array([np.sum(values), float(np.size(values))]))
+        return float(total / count)
+
+    def _global_samples(self) -> int:
+        return int(parallel.allreduce_sum(self.comm, np.array([float(len(self.data))]))[0])
+
+    def warmup(self, state, sweeps: int) -> float:
+        """`sweeps` exact local MC sweeps, keeping the configuration after every sweep; global acceptance."""
+        from slmc_hpc.samplers import ExactLocalSampler
+
+        sampler, accepted = ExactLocalSampler(self.evaluator), []
+        for _ in range(sweeps):
+            info = sampler.sweep(state)
+            self.data.append(info.proposed_spins, info.proposed_omega)
+            accepted.append(info.accepted)
+        return self._global_mean(np.array(accepted)) if sweeps else float("nan")
+
+    def fit_initial(self) -> float:
+        """Linear least-squares fit of E_0, J_n on all ranks' data (the transformer's read-out); global loss."""
+        return fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
+
+    def run_round(self, state) -> RoundResult:
+        """`outer_steps_per_round` SLMC steps under the current model, store every exactly evaluated
+        configuration (accepted or not), then train; the parameters change only between the steps."""
+        from slmc_hpc.samplers import SLMCSampler
+
+        sampler, accepted = SLMCSampler(self.evaluator, self.effective, self.inner_sweeps), []
+        for _ in range(int(self.config.outer_steps_per_round)):
+            info = sampler.step(state)
+            self.data.append(info.proposed_spins, info.proposed_omega)
+            accepted.append(info.accepted)
+        acceptance = self._global_mean(np.array(accepted))
+        losses = np.zeros(0)
+        if self.trainer is not None:
+            losses = self.trainer.train(*self.data.arrays(), int(self.config.steps_per_round))
+        # The read-out is linear in E_0, J_n: solve it exactly (for the transformer: for the trained
+        # attention; this also removes the optimizer's noise on the small couplings).
+        data_loss = fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
+        n_samples = self._global_samples()
+        self.round += 1
+        self.history["loss"].extend(losses.tolist())
+        self.history["round_acceptance"].append(acceptance)
+        self.history["round_samples"].append(float(n_samples))
+        self.history["round_loss"].append(data_loss)
+        return RoundResult(acceptance, n_samples, losses, data_loss)
+
+    def state_dict(self) -> dict:
+        state = {
+            "data": self.data.state_dict(),
+            "round": self.round,
+            "history": {name: np.array(values) for name, values in self.history.items()},
+        }
+        if self.trainer is not None:
+            state["trainer"] = self.trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore; `trainer` may be present on rank 0 only (it is broadcast), so every rank must call this."""
+        self.data.load_state_dict(state["data"])
+        self.round = int(state["round"])
+        self.history = {name: list(np.asarray(state["history"].get(name, []), dtype=np.float64)) for name in HISTORY}
+        if self.trainer is not None:
+            trainer_state = parallel.broadcast(self.comm, state.get("trainer"))
+            if trainer_state is not None:
+                self.trainer.load_state_dict(trainer_state)
