@@ -28,15 +28,24 @@ from slmc_hpc.config import Config, config_from_dict, config_sha256, resume_diff
 from slmc_hpc.errors import InputError
 from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.io.checkpoint import Checkpoint, read_checkpoint, rng_from_text, rng_state_text, write_checkpoint
-from slmc_hpc.io.runfile import SAMPLE_NAMES, TIMING_NAMES, Layout, RunFile, package_versions, read_run_summary
+from slmc_hpc.io.runfile import (
+    SAMPLE_NAMES,
+    TIMING_NAMES,
+    TRAINING_NAMES,
+    Layout,
+    RunFile,
+    package_versions,
+    read_run_summary,
+)
 from slmc_hpc.parallel import allreduce_sum, broadcast, local_chains, world
 from slmc_hpc.physics import DoubleExchange
 from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_chains, measure
 
 RUN_FILE, CHECKPOINT_FILE = "run.h5", "checkpoint.h5"
 FLUSH_MEASUREMENTS = 256  # buffered measurements per block written to run.h5
-FLUSH_SECONDS = 30.0  # ...or this often (and 4x per checkpoint interval), so that readers see progress
+FLUSH_SECONDS = 30.0  # ...or this often (and twice per checkpoint interval), so that readers see progress
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DECISION_SECONDS = 0.05  # how often the ranks agree on stop/checkpoint/flush (bounds the reaction to a signal)
 DONE = "done"
 
 
@@ -209,11 +218,13 @@ class Run:
         self.learner = None
         if config.sampler.kind == "slmc":
             self.effective = self._load_effective() if config.effective.load else self._new_effective()
-        self.history: dict[str, list[float]] = {"loss": [], "round_acceptance": [], "round_samples": []}
+        self.history: dict[str, list[float]] = {name: [] for name in TRAINING_NAMES}
         self.progress = Progress(self.phases[0])
         self.buffer: list[dict[str, np.ndarray]] = []
         self.buffer_timing: list[dict[str, float]] = []
         self.stop_requested = False
+        self.history_written = -1
+        self.steps_undecided, self.decide_every, self.last_decision = 0, 1, time.monotonic()
         self.last_checkpoint = self.last_flush = time.monotonic()
         if mode == "resume":
             self._resume()
@@ -409,14 +420,25 @@ class Run:
 
     # -- collective decisions ---------------------------------------------------------------------
     def _boundary(self) -> None:
-        """Between two steps: every rank learns whether to stop, checkpoint or flush, and does it."""
-        flags = np.zeros(3, dtype=np.int64)
+        """Between two steps: every rank learns whether to stop, checkpoint or flush, and does it.
+
+        The ranks agree by an allreduce every `decide_every` steps; rank 0 sets that interval to
+        about DECISION_SECONDS of steps, so fast steps do not pay a synchronisation each.
+        """
+        self.steps_undecided += 1
+        if self.steps_undecided < self.decide_every:
+            return
+        flags = np.zeros(4, dtype=np.int64)
         flags[0] = self.stop_requested
         if self.topo.rank == 0:
             now = time.monotonic()
             flags[1] = now - self.last_checkpoint >= self.config.output.checkpoint_every
-            flags[2] = now - self.last_flush >= min(FLUSH_SECONDS, self.config.output.checkpoint_every / 4)
+            flags[2] = now - self.last_flush >= min(FLUSH_SECONDS, self.config.output.checkpoint_every / 2)
+            seconds_per_step = (now - self.last_decision) / self.steps_undecided
+            flags[3] = np.clip(round(DECISION_SECONDS / max(seconds_per_step, 1e-9)), 1, 1000)
+            self.last_decision = now
         flags = allreduce_sum(self.topo.comm, flags)
+        self.steps_undecided, self.decide_every = 0, int(flags[3])
         if flags[0]:
             self._checkpoint()
             raise Interrupted
@@ -424,6 +446,8 @@ class Run:
             self._checkpoint()
         elif flags[2] or len(self.buffer) >= FLUSH_MEASUREMENTS:
             self._flush()
+        if self.topo.rank == 0:
+            self.last_decision = time.monotonic()  # time spent writing is not a step
 
     def _flush(self) -> None:
         """Write the buffered measurements to run.h5 (collective)."""
@@ -436,7 +460,10 @@ class Run:
             timing = {name: np.array([t[name] for t in self.buffer_timing]) for name in TIMING_NAMES}
             self.runfile.append(samples, timing, count)
         self.buffer, self.buffer_timing = [], []
-        self.runfile.write_training(self._history_arrays())
+        history = self._history_arrays()
+        if sum(map(len, history.values())) != self.history_written:  # it changes only while training
+            self.runfile.write_training(history)
+            self.history_written = sum(map(len, history.values()))
         self.last_flush = time.monotonic()
         self.window.seconds["io"] += time.perf_counter() - start
 
@@ -598,10 +625,16 @@ def status_report(run_dir: str | Path) -> str:
     if summary["recent_acceptance"] is not None:
         lines.append(f"acceptance:   {summary['recent_acceptance']:.3f} (last measurements, all chains)")
     training = summary["training"]
-    if len(training.get("loss", [])):
-        lines.append(f"training:     {len(training['loss'])} optimizer steps, last loss {training['loss'][-1]:.3e}")
     if len(training.get("round_acceptance", [])):
-        lines.append(f"              round acceptance {np.round(training['round_acceptance'], 3).tolist()}")
+        rounds, steps = len(training["round_acceptance"]), len(training.get("loss", []))
+        lines.append(
+            f"training:     {rounds} rounds, {steps} optimizer steps, "
+            f"outer acceptance per round {np.round(training['round_acceptance'], 3).tolist()}"
+        )
+        if len(training.get("round_loss", [])):
+            lines.append(
+                f"              loss after the last round {training['round_loss'][-1]:.3e} (MSE of (Ω - H_eff)/N)"
+            )
     when = checkpoint_time(run_dir / CHECKPOINT_FILE)
     if when is not None:
         stamp = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")

@@ -27,7 +27,7 @@ from slmc_hpc.physics import SCALAR_OBSERVABLES
 FORMAT_VERSION = 1
 SAMPLE_NAMES = (*SCALAR_OBSERVABLES, "acceptance")
 TIMING_NAMES = ("inner", "exact", "measure", "io")
-TRAINING_NAMES = ("loss", "round_acceptance", "round_samples")
+TRAINING_NAMES = ("loss", "round_acceptance", "round_samples", "round_loss")
 _CHUNK_BYTES = 1 << 16
 
 

@@ -1,0 +1,159 @@
+"""Issue 4 evidence: interrupted runs resume bit for bit, and a chain does not depend on the rank count.
+
+A run stopped by SIGTERM (sent to the ranks, as a batch system does) and a run killed with SIGKILL in
+the middle of production are resumed with the same command and end with `/samples/*` bitwise equal
+to an uninterrupted run of the same config and seed, under `mpirun -n 2`. The interrupted run is
+also used to check that a changed config and a truncated checkpoint are refused (exit status 2)
+without touching the files. One BLAS thread per rank (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import mpi_env
+from tests.test_run import SLMC, _merge, digest, read_samples, run_cli, write_config
+
+EXACT = {"sampler": {"measurements": 300}}
+SLMC_LONG = _merge(SLMC, {"sampler": {"measurements": 800}})
+OFTEN = {"output": {"checkpoint_every": 0.5}}  # seconds; it does not change the samples
+
+
+def launch(n: int, config: Path, log: Path) -> subprocess.Popen:
+    cmd = ["mpirun", "-n", str(n), sys.executable, "-m", "mpi4py", "-m", "slmc_hpc", "run", str(config)]
+    with open(log, "w") as stream:
+        return subprocess.Popen(cmd, env=mpi_env(), stdout=stream, stderr=stream, start_new_session=True)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (mpirun's ranks)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def wait_for_production(proc: subprocess.Popen, run_dir: Path, measurements: int, log: Path) -> int:
+    """Poll run.h5 with a plain reader (while the run writes it) until production has `measurements`."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it could be interrupted:\n{log.read_text()}")
+        try:
+            with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
+                done = int(f["samples"].attrs["n_measurements"])
+                if f.attrs["phase"] == "production" and done >= measurements:
+                    return done
+        except (OSError, KeyError):
+            pass  # not created yet, or caught between two writes
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach production in time")
+
+
+def checkpoint_counters(run_dir: Path) -> dict:
+    with h5py.File(run_dir / "checkpoint.h5", "r", locking=False) as f:
+        return dict(f["counters"].attrs)
+
+
+def assert_same_samples(run_dir: Path, reference: Path) -> None:
+    got, expected = read_samples(run_dir), read_samples(reference)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name].shape == expected[name].shape, name
+        assert np.array_equal(got[name], expected[name]), f"/samples/{name} differs"
+
+
+@pytest.fixture(scope="module")
+def exact_reference(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("reference")
+    run_cli(2, write_config(tmp, "exact", **EXACT))
+    return tmp / "exact"
+
+
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
+    config = write_config(tmp_path, "run", **_merge(EXACT, OFTEN))
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = launch(2, config, log)
+    wait_for_production(proc, run_dir, 30, log)
+    ranks = child_pids(proc.pid)
+    assert len(ranks) == 2
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    assert "stopped by signal" in log.read_text()
+    counters = checkpoint_counters(run_dir)
+    assert counters["phase"] == "production" and 30 <= counters["measurements"] < 300
+    with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
+        assert f.attrs["status"] == "running" and f["samples"].attrs["n_measurements"] == counters["measurements"]
+
+    # A changed configuration is refused, naming the difference; nothing is touched.
+    files = {name: digest(run_dir / name) for name in ("run.h5", "checkpoint.h5")}
+    changed = write_config(
+        tmp_path,
+        "changed",
+        **_merge(EXACT, {"model": {"T": 0.2}, "output": {"dir": str(run_dir), "checkpoint_every": 0.5}}),
+    )
+    refused = run_cli(2, changed, check=False)
+    assert refused.returncode == 2 and "model.T: 0.1 -> 0.2" in refused.stderr
+    assert {name: digest(run_dir / name) for name in files} == files
+
+    # A truncated checkpoint is refused, naming the file, and left as it is.
+    checkpoint = run_dir / "checkpoint.h5"
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])
+    refused = run_cli(2, config, check=False)
+    assert refused.returncode == 2 and str(checkpoint) in refused.stderr
+    assert checkpoint.read_bytes() == whole[: len(whole) // 2]
+    checkpoint.write_bytes(whole)
+
+    run_cli(2, config)
+    assert_same_samples(run_dir, exact_reference)
+
+
+def test_sigkill_in_production_then_resume_is_bitwise_identical(tmp_path):
+    """SLMC with training: the resumed run continues from the last checkpoint and redoes later rows."""
+    reference = tmp_path / "reference"
+    run_cli(2, write_config(tmp_path, "reference", **SLMC_LONG))
+
+    config = write_config(tmp_path, "run", **_merge(SLMC_LONG, OFTEN))
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = launch(2, config, log)
+    wait_for_production(proc, run_dir, 200, log)
+    ranks = child_pids(proc.pid)
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    counters = checkpoint_counters(run_dir)
+    assert counters["phase"] == "production" and counters["measurements"] < 800
+    with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
+        assert f.attrs["status"] == "running"
+        assert f["samples"].attrs["n_measurements"] >= counters["measurements"]
+
+    proc = run_cli(2, config)
+    assert "resuming" in proc.stderr
+    assert_same_samples(run_dir, reference)
+    with h5py.File(run_dir / "run.h5", "r") as f, h5py.File(reference / "run.h5", "r") as g:
+        assert np.array_equal(f["model"]["couplings"][()], g["model"]["couplings"][()])
+        assert np.array_equal(f["training"]["loss"][()], g["training"]["loss"][()])
+
+
+def test_one_rank_and_two_ranks_give_identical_chains(tmp_path, exact_reference):
+    """Same 4 chains (exact sampler): on 1 rank with 4 chains, and on 2 ranks with 2 chains each."""
+    config = write_config(tmp_path, "one", **_merge(EXACT, {"sampler": {"chains_per_rank": 4}}))
+    run_cli(1, config)
+    assert_same_samples(tmp_path / "one", exact_reference)
