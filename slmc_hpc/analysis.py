@@ -166,8 +166,8 @@ def derived_quantities(samples: dict[str, np.ndarray], primary: dict, n_sites: i
 
 def format_value(mean: float, error: float) -> str:
     """0.73214(52): the error in units of the last two significant digits."""
-    if not np.isfinite(error) or error <= 0:
-        return f"{mean:.8g}"
+    if not np.isfinite(error) or error <= 1e-12 * abs(mean):
+        return f"{mean:.12g}"
     digits = max(0, 1 - int(math.floor(math.log10(error))))
     return f"{mean:.{digits}f}({round(error * 10**digits):d})"
 

@@ -68,8 +68,9 @@ def plot_time_series(samples: dict[str, np.ndarray], info: dict, path: Path) -> 
         ax.axvline(0, color="tab:red", ls="--", lw=1.0)
         ax.set_ylabel(LABELS.get(name, name))
     axes[0].legend(fontsize=7, loc="best")
-    for ax in axes[-2:]:
+    for ax in axes[-2:]:  # the bottom panel of each column (shared x axes hide the others' labels)
         ax.set_xlabel(_measure_unit(info["config_yaml"]))
+        ax.xaxis.set_tick_params(labelbottom=True)
     fig.suptitle(
         f"time series ({info['status']}, {info['n_measurements']} measurements); thermalisation not stored:\n"
         "dashed line = measurement 0 = start of production"
@@ -127,7 +128,8 @@ def read_training(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r", locking=False) as f:
         if "training" not in f:
             return {}
-        return {name: np.asarray(f["training"][name]) for name in f["training"] if f["training"][name].ndim == 1}
+        arrays = {name: np.asarray(data) for name, data in f["training"].items() if data.ndim == 1}
+    return {name: data for name, data in arrays.items() if data.size}
 
 
 def plot_run(run_dir: Path) -> list[Path]:
@@ -145,6 +147,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     training = read_training(path)
     if training:
         written.append(plot_training(training, out / "training.png"))
+    for png in written:
+        print(f"wrote {png}")
     return written
 
 

@@ -1,0 +1,177 @@
+"""The job templates on a real SLURM (slurmctld + slurmd + munge on this machine) and PBS's script body.
+
+The SLURM test submits jobs/slurm/slmc.sbatch with a 1-minute time limit to a run that needs longer:
+SLURM signals the batch shell, the run checkpoints, the job requeues itself (same job id), resumes, and
+finishes with samples bitwise identical to an uninterrupted mpirun of the same configuration.
+PBS has no Debian package: its script runs under bash with the environment PBS provides, and `qsub` is
+a stand-in on PATH that records the resubmission, which the test then runs as PBS would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import REPO, mpi_env, mpirun
+from slurm.local_cluster import LocalSlurm, missing_binaries
+
+pytestmark = pytest.mark.cluster
+
+SBATCH = REPO / "jobs" / "slurm" / "slmc.sbatch"
+PBS = REPO / "jobs" / "pbs" / "slmc.pbs"
+
+
+def tiny_config(measurements: int, output_dir: str = "run") -> str:
+    """Exact local MC on 4x4, 2 ranks x 2 chains: about 180 measurements/s on an idle 2-core machine."""
+    return (
+        "model: {lx: 4, ly: 4, hoppings: {1: 1.0}, J: 1.0, mu: 0.0, T: 0.05}\n"
+        f"sampler: {{kind: exact, chains_per_rank: 2, thermalization: 20, measurements: {measurements}}}\n"
+        f"output: {{dir: {output_dir}, checkpoint_every: 300}}\n"
+        "seed: 7\n"
+    )
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    env = mpi_env()
+    env.update(SLMC_PYTHON=sys.executable, PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def read_samples(run_dir: Path) -> dict[str, np.ndarray]:
+    with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
+        assert f.attrs["status"] == "finished"
+        return {name: data[...] for name, data in f["samples"].items()}
+
+
+def assert_bitwise_equal(run_dir: Path, reference_dir: Path) -> None:
+    samples, reference = read_samples(run_dir), read_samples(reference_dir)
+    assert samples.keys() == reference.keys() and "ms" in samples
+    for name in reference:
+        assert samples[name].shape == reference[name].shape, name
+        assert samples[name].tobytes() == reference[name].tobytes(), f"{name} differs from the uninterrupted run"
+
+
+class ReferenceRun(threading.Thread):
+    """The uninterrupted run, straight from mpirun, in the background while the job runs."""
+
+    def __init__(self, directory: Path, measurements: int):
+        super().__init__(daemon=True)
+        directory.mkdir(parents=True)
+        self.config = directory / "reference.yaml"
+        self.config.write_text(tiny_config(measurements, str(directory / "run")))
+        self.run_dir = directory / "run"
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            mpirun(2, ["-m", "slmc_hpc", "run", str(self.config)], timeout=600)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            self.error = exc
+
+    def result(self) -> Path:
+        self.join(timeout=600)
+        if self.error:
+            raise self.error
+        return self.run_dir
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"SLURM/munge binaries not installed: {', '.join(missing)} (make install adds them)")
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=2)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_local_slurm_runs_a_batch_job(slurm_cluster, tmp_path):
+    job = slurm_cluster.sbatch("--wrap", "echo hello from $SLURM_JOB_ID", f"--output={tmp_path}/out", cwd=tmp_path)
+    info = slurm_cluster.wait_job(job, timeout=60)
+    assert info["JobState"] == "COMPLETED"
+    assert (tmp_path / "out").read_text().strip() == f"hello from {job}"
+
+
+def test_sbatch_checkpoints_on_signal_requeues_and_matches_uninterrupted_run(slurm_cluster, tmp_path):
+    """Time limit 1 min, USR1 55 s before it: SLURM checks every 30 s, so it comes 0-30 s after the start
+    (held back to >= 8 s); the run needs ~40 s on an idle machine, so it is interrupted at least once."""
+    measurements = 7000
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "job.yaml").write_text(tiny_config(measurements))
+    env = {**slurm_cluster.env, **job_env(SLMC_STARTUP_GRACE="8")}
+    start = time.monotonic()
+    job = slurm_cluster.sbatch(
+        "--time=1", "--signal=B:USR1@55", "--ntasks=2", "--output=job.out", str(SBATCH), "job.yaml",
+        env=env, cwd=job_dir,
+    )  # fmt: skip
+    reference = ReferenceRun(tmp_path / "reference", measurements)
+    reference.start()
+    info = slurm_cluster.wait_job(job, timeout=900)
+    log = (job_dir / "job.out").read_text(errors="replace")  # progress bars cut by log lines
+    print(f"job {job}: {info.get('JobState')} after {time.monotonic() - start:.0f} s, restarts {info.get('Restarts')}")
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert int(info["Restarts"]) >= 1, log[-3000:]
+    assert "got USR1, asking the run to checkpoint and stop" in log
+    assert "stopped by signal" in log and "requeueing" in log
+    assert "slmc-hpc: resuming run" in log and "run run finished" in log
+    assert_bitwise_equal(job_dir / "run", reference.result())
+
+
+def test_pbs_script_checkpoints_before_walltime_and_resubmits(tmp_path):
+    """The PBS script body under bash: walltime 20 s, timer 12 s before it, qsub recorded then 'run'."""
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec (OpenMPI) not installed")
+    measurements = 1500
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "job.yaml").write_text(tiny_config(measurements))
+    (job_dir / "nodefile").write_text("localhost\nlocalhost\n")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "qsub_calls"
+    (fake_bin / "qsub").write_text(f'#!/bin/bash\nprintf "%s\\n" "$*" >> {calls}\necho 1001.fake\n')
+    (fake_bin / "qsub").chmod(0o755)
+    reference = ReferenceRun(tmp_path / "reference", measurements)
+    reference.start()
+    env = job_env(
+        PATH=f"{fake_bin}:{os.environ['PATH']}",
+        PBS_O_WORKDIR=str(job_dir),
+        PBS_NODEFILE=str(job_dir / "nodefile"),
+        PBS_JOBID="1000.fake",
+        NCPUS="2",
+        CONFIG="job.yaml",
+        SLMC_WALLTIME="00:20",
+        SLMC_SIGNAL_MARGIN="12",
+        SLMC_STARTUP_GRACE="6",
+        SLMC_SCRIPT=str(PBS),
+    )
+    env.pop("OMP_NUM_THREADS")  # PBS sets it only with ompthreads; the script derives it from NCPUS / ranks
+    logs = []
+    for attempt in range(20):
+        proc = subprocess.run(["bash", str(PBS)], env=env, cwd=job_dir, capture_output=True, text=True, timeout=120)
+        logs.append(proc.stdout + proc.stderr)
+        assert proc.returncode == 0, logs[-1][-3000:]
+        submitted = calls.read_text().splitlines() if calls.exists() else []
+        if len(submitted) == attempt:  # not resubmitted: finished
+            break
+        args = submitted[-1]
+        assert args.startswith("-W depend=afterany:1000.fake -v CONFIG=job.yaml,") and args.endswith(str(PBS))
+        env["SLMC_RESUBMITS"] = str(attempt + 1)
+    log = "\n".join(logs)
+    assert len(logs) >= 2, log[-3000:]
+    assert "walltime near: asking the run to checkpoint and stop" in log and "stopped by signal" in log
+    assert "2 ranks x 1 threads" in logs[0]
+    assert "run run finished" in logs[-1]
+    assert_bitwise_equal(job_dir / "run", reference.result())
