@@ -74,8 +74,10 @@ class CupyEvaluator:
 
     def __init__(self, model: DoubleExchange, device: int | None = None):
         cupy = import_cupy()
+        import cupyx
+
         self.model = model
-        self._cupy = cupy
+        self._cupy, self._cupyx = cupy, cupyx
         n_devices = cupy.cuda.runtime.getDeviceCount()
         self.device = device_for_rank(n_devices) if device is None else int(device)
         if not 0 <= self.device < n_devices:
@@ -85,7 +87,7 @@ class CupyEvaluator:
 
     def eigenvalues(self, spins: np.ndarray) -> np.ndarray:
         """All eigenvalues of h(S) for spins [..., N, 3] as float64 on the host, ascending, [..., 2N]."""
-        cupy = self._cupy
+        cupy, cupyx = self._cupy, self._cupyx
         spins = np.asarray(spins, dtype=np.float64)
         n = self.model.n_orbitals
         batch = spins.reshape((-1,) + spins.shape[-2:])
@@ -93,7 +95,9 @@ class CupyEvaluator:
             h = cupy.empty((batch.shape[0], n, n), dtype=cupy.complex128)
             h[...] = self._hopping
             self.model.add_exchange(h, cupy.asarray(batch))
-            eigenvalues = cupy.linalg.eigvalsh(h).get()
+            # cuSOLVER reports a failed (e.g. unconverged Jacobi) solve only in `info`; make it raise.
+            with cupyx.errstate(linalg="raise"):
+                eigenvalues = cupy.linalg.eigvalsh(h).get()
         # cuSOLVER's Jacobi solver (used for batches) sorts ascending; sort anyway, it costs nothing.
         return np.sort(eigenvalues, axis=-1).reshape(spins.shape[:-2] + (n,))
 
