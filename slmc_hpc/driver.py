@@ -245,6 +245,9 @@ class Run:
         topo = self.topo
         if topo.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # Only reached for an empty directory or with --force: the old run's checkpoint must not
+            # be mistaken for this run's if it dies before its first checkpoint.
+            (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         topo.comm.Barrier()
         self.state = init_chains(self.evaluator, self.config.seed, topo.chains)
         self.window = Window(np.zeros(len(topo.chains)))
@@ -538,7 +541,7 @@ class Run:
             unit="step",
             file=sys.stderr,
             disable=self.topo.rank != 0,
-            mininterval=1.0,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # batch logs get a line every 30 s
             dynamic_ncols=True,
         )
 

@@ -20,11 +20,11 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import mpi_env
+from tests.conftest import mpi_env, mpirun
 from tests.test_run import SLMC, _merge, digest, read_samples, run_cli, write_config
 
 EXACT = {"sampler": {"measurements": 300}}
-SLMC_LONG = _merge(SLMC, {"sampler": {"measurements": 800}})
+SLMC_LONG = _merge(SLMC, {"sampler": {"measurements": 600}})
 OFTEN = {"output": {"checkpoint_every": 0.5}}  # seconds; it does not change the samples
 
 
@@ -120,6 +120,17 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     assert checkpoint.read_bytes() == whole[: len(whole) // 2]
     checkpoint.write_bytes(whole)
 
+    # A checkpoint of another number of chains (here: the same job on 1 rank) is refused.
+    refused = mpirun(1, ["-m", "slmc_hpc", "run", str(config)], check=False)
+    assert refused.returncode == 2 and "holds 4 chains, this run has 2" in refused.stderr
+
+    # A missing checkpoint next to an unfinished run.h5 is refused (--force would start afresh).
+    checkpoint.rename(run_dir / "moved.h5")
+    refused = run_cli(2, config, check=False)
+    assert refused.returncode == 2 and "checkpoint.h5 is missing" in refused.stderr
+    (run_dir / "moved.h5").rename(checkpoint)
+    assert {name: digest(run_dir / name) for name in files} == files
+
     run_cli(2, config)
     assert_same_samples(run_dir, exact_reference)
 
@@ -132,14 +143,14 @@ def test_sigkill_in_production_then_resume_is_bitwise_identical(tmp_path):
     config = write_config(tmp_path, "run", **_merge(SLMC_LONG, OFTEN))
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
     proc = launch(2, config, log)
-    wait_for_production(proc, run_dir, 200, log)
+    wait_for_production(proc, run_dir, 150, log)
     ranks = child_pids(proc.pid)
     for pid in ranks:
         os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     counters = checkpoint_counters(run_dir)
-    assert counters["phase"] == "production" and counters["measurements"] < 800
+    assert counters["phase"] == "production" and counters["measurements"] < 600
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
         assert f.attrs["status"] == "running"
         assert f["samples"].attrs["n_measurements"] >= counters["measurements"]

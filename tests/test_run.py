@@ -158,3 +158,18 @@ def test_crash_on_one_rank_aborts_the_job(tmp_path):
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
         assert f.attrs["status"] == "running"
     assert os.path.isdir(run_dir / "checkpoint.h5.tmp")
+
+
+def test_slepc_group_shares_chains_and_agrees_with_dense(tmp_path):
+    """Two ranks sharing one distributed diagonalisation run the same chains as dense on one rank."""
+    pytest.importorskip("slepc4py")
+    short = {"sampler": {"thermalization": 1, "measurements": 4}}
+    slepc = write_config(tmp_path, "slepc", evaluator={"kind": "slepc", "ranks_per_config": 2}, **short)
+    dense = write_config(tmp_path, "dense", **short)
+    run_cli(2, slepc)
+    run_cli(1, dense)
+    got, expected = read_samples(tmp_path / "slepc"), read_samples(tmp_path / "dense")
+    assert got["omega"].shape == (2, 4)  # one group of 2 ranks: chains_per_rank chains, written once
+    assert np.array_equal(got["acceptance"], expected["acceptance"])
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-10, atol=1e-12, err_msg=name)
