@@ -10,7 +10,7 @@ from slmc_hpc.errors import ConfigError
 from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.evaluators.cupy import device_for_rank, node_local_rank
 from slmc_hpc.physics import DoubleExchange, random_spins
-from tests.conftest import REPO, mpirun
+from tests.conftest import REPO, mpi_env, mpirun
 
 RTOL = 1e-10
 
@@ -141,3 +141,24 @@ def test_cupy_without_gpu_names_the_config_key():
     model, _ = model_and_spins(*MODELS[0])
     with pytest.raises(ConfigError, match="evaluator.kind: cupy"):
         make_evaluator("cupy", model)
+
+
+@pytest.mark.mpi
+def test_benchmark_tool_runs_and_prints_both_tables():
+    """`make bench` part 1 in smoke mode: the tool runs end to end (incl. its own mpirun) and prints markdown."""
+    import subprocess
+    import sys
+
+    # mpi_env(): the environment from before this process initialised MPI (a singleton's PMIx variables
+    # in the environment would make the tool's own mpirun fail).
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_evaluators.py"), "--quick"],
+        env=mpi_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OPENBLAS_NUM_THREADS=1" in proc.stdout
+    assert "| 12 | 288 | 8 |" in proc.stdout  # dense vs raw eigvalsh row
+    assert "slepc: krylovschur, ds_method 2 (default) | 2 |" in proc.stdout
