@@ -96,12 +96,11 @@ class Topology:
             raise InputError(
                 f"evaluator.ranks_per_config = {per_group} does not divide the {size} MPI ranks of this job"
             )
-        group = rank // per_group
-        group_comm = comm.Split(group, rank) if per_group > 1 else None
+        group, n_groups, cpr = rank // per_group, size // per_group, config.sampler.chains_per_rank
+        # slepc always gets its own group communicator (its default would be the whole world).
+        group_comm = comm.Split(group, rank) if config.evaluator.kind == "slepc" else None
         leader = group_comm is None or group_comm.Get_rank() == 0
-        cpr = config.sampler.chains_per_rank
-        return cls(comm, group_comm, rank, size, group, size // per_group, leader, local_chains(cpr, group),
-                   size // per_group * cpr)  # fmt: skip
+        return cls(comm, group_comm, rank, size, group, n_groups, leader, local_chains(cpr, group), n_groups * cpr)
 
     def layout(self, config: Config) -> Layout:
         return Layout(
@@ -263,6 +262,13 @@ class Run:
             raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: its spins do not fit a {self.model.lattice} lattice")
         c = ckpt.counters
         self.progress = Progress(str(c["phase"]), int(c["step"]), int(c["measurements"]), int(c["rounds"]))
+        if self.progress.phase not in (*self.phases, DONE):
+            raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: phase {self.progress.phase} is not part of this run")
+        if self.progress.phase in ("warmup", "train") and ckpt.mpi_size != topo.size:
+            raise InputError(
+                f"{self.run_dir / CHECKPOINT_FILE}: written during training by {ckpt.mpi_size} ranks, each with its "
+                f"own training data; resume it on {ckpt.mpi_size} ranks, not {topo.size}"
+            )
         self.state = ChainState(
             spins=ckpt.chains["spins"],
             omega=ckpt.chains["omega"],
@@ -394,6 +400,7 @@ class Run:
     def _loop(self, phase: str, total: int, step, measuring: bool) -> None:
         """Run `step` until the phase has `total` steps, measuring and deciding at every step boundary."""
         every = self.config.sampler.measure_every
+        accepted_sum, steps_here = 0.0, 0
         with self._progress_bar(phase, total) as bar:
             while self.progress.step < total:
                 accepted, timings = step()
@@ -405,8 +412,9 @@ class Run:
                     w.seconds[key] += seconds
                 if measuring and self.progress.step % every == 0:
                     self._measure()
+                accepted_sum, steps_here = accepted_sum + float(np.mean(accepted)), steps_here + 1
                 bar.update(1)
-                bar.set_postfix(acceptance=f"{np.mean(accepted):.3f}", refresh=False)
+                bar.set_postfix(acceptance=f"{accepted_sum / steps_here:.3f}", refresh=False)
                 self._boundary()
         self.window = Window(np.zeros(len(self.topo.chains)))
 
