@@ -63,6 +63,11 @@ def make_spins(model, count: int, seed: int = 2024):
     return random_spins(np.random.default_rng(seed), (count, model.n_sites))
 
 
+def load_average() -> str:
+    """The 1-minute load average: other jobs on the machine show up as noise in the timings."""
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -205,7 +210,7 @@ def main() -> None:
     )
     print(f"- threads: {', '.join(f'{k}={v}' for k, v in threads.items())} (part 2 ranks: 1 thread each)")
     print("- model: LxL, hoppings {1: 1.0}, J = 2, mu = 0, T = 0.05; random spin configurations")
-    print(f"- started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n", flush=True)
+    print(f"- started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {load_average()}\n", flush=True)
 
     sizes = [6, 12] if args.quick else [6, 12, 16]
     print(f"## dense evaluator vs raw eigvalsh (batch {args.batch}, interleaved, medians)\n")
@@ -214,6 +219,7 @@ def main() -> None:
     slepc_sizes = [12] if args.quick else [16, 24]
     print("## slepc on 2 MPI ranks vs dense on 1 rank (seconds per configuration)\n")
     print("\n".join(bench_slepc(slepc_sizes, configs=2 if args.quick else 4)), flush=True)
+    print(f"\n- finished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {load_average()}", flush=True)
 
 
 if __name__ == "__main__":
