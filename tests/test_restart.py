@@ -24,8 +24,8 @@ from tests.conftest import mpi_env, mpirun
 from tests.test_run import SLMC, _merge, digest, read_samples, run_cli, write_config
 
 EXACT = {"sampler": {"measurements": 300}}
-SLMC_LONG = _merge(SLMC, {"sampler": {"measurements": 600}})
-OFTEN = {"output": {"checkpoint_every": 0.5}}  # seconds; it does not change the samples
+SLMC_LONG = _merge(SLMC, {"sampler": {"measurements": 1000}})
+OFTEN = {"output": {"checkpoint_every": 0.4}}  # seconds; it does not change the samples
 
 
 def launch(n: int, config: Path, log: Path) -> subprocess.Popen:
@@ -88,7 +88,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     config = write_config(tmp_path, "run", **_merge(EXACT, OFTEN))
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
     proc = launch(2, config, log)
-    wait_for_production(proc, run_dir, 30, log)
+    wait_for_production(proc, run_dir, 10, log)
     ranks = child_pids(proc.pid)
     assert len(ranks) == 2
     for pid in ranks:
@@ -96,7 +96,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     assert proc.wait(timeout=60) == 0, log.read_text()
     assert "stopped by signal" in log.read_text()
     counters = checkpoint_counters(run_dir)
-    assert counters["phase"] == "production" and 30 <= counters["measurements"] < 300
+    assert counters["phase"] == "production" and 10 <= counters["measurements"] < 300
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
         assert f.attrs["status"] == "running" and f["samples"].attrs["n_measurements"] == counters["measurements"]
 
@@ -105,7 +105,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     changed = write_config(
         tmp_path,
         "changed",
-        **_merge(EXACT, {"model": {"T": 0.2}, "output": {"dir": str(run_dir), "checkpoint_every": 0.5}}),
+        **_merge(EXACT, {"model": {"T": 0.2}, "output": {"dir": str(run_dir), "checkpoint_every": 0.4}}),
     )
     refused = run_cli(2, changed, check=False)
     assert refused.returncode == 2 and "model.T: 0.1 -> 0.2" in refused.stderr
@@ -143,14 +143,14 @@ def test_sigkill_in_production_then_resume_is_bitwise_identical(tmp_path):
     config = write_config(tmp_path, "run", **_merge(SLMC_LONG, OFTEN))
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
     proc = launch(2, config, log)
-    wait_for_production(proc, run_dir, 150, log)
+    wait_for_production(proc, run_dir, 50, log)
     ranks = child_pids(proc.pid)
     for pid in ranks:
         os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     counters = checkpoint_counters(run_dir)
-    assert counters["phase"] == "production" and counters["measurements"] < 600
+    assert counters["phase"] == "production" and counters["measurements"] < 1000
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
         assert f.attrs["status"] == "running"
         assert f["samples"].attrs["n_measurements"] >= counters["measurements"]
