@@ -610,7 +610,7 @@ def run_simulation(config: Config, force: bool = False) -> None:
 
 def status_report(run_dir: str | Path) -> str:
     """Phase, progress, recent acceptance and last checkpoint time of a run (finished or still going)."""
-    from slmc_hpc.io.checkpoint import checkpoint_time
+    from slmc_hpc.io.checkpoint import checkpoint_summary
 
     run_dir = Path(run_dir)
     run_path = run_dir / RUN_FILE
@@ -646,10 +646,13 @@ def status_report(run_dir: str | Path) -> str:
             lines.append(
                 f"              loss after the last round {training['round_loss'][-1]:.3e} (MSE of (Ω - H_eff)/N)"
             )
-    when = checkpoint_time(run_dir / CHECKPOINT_FILE)
-    if when is not None:
-        stamp = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
-        lines.append(f"checkpoint:   {stamp} ({time.time() - when:.0f} s ago)")
+    checkpoint = checkpoint_summary(run_dir / CHECKPOINT_FILE)
+    if checkpoint is not None:
+        stamp = datetime.fromtimestamp(checkpoint["time"], timezone.utc).isoformat(timespec="seconds")
+        lines.append(
+            f"checkpoint:   {stamp} ({time.time() - checkpoint['time']:.0f} s ago), "
+            f"at phase {checkpoint.get('phase')} step {checkpoint.get('step')}"
+        )
     else:
         lines.append("checkpoint:   none")
     return "\n".join(lines)

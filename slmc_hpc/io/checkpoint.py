@@ -174,10 +174,10 @@ def _scalar(value):
     return value
 
 
-def checkpoint_time(path: str | Path) -> float | None:
-    """When the checkpoint was written (unix time), or None if it cannot be read."""
+def checkpoint_summary(path: str | Path) -> dict | None:
+    """When the checkpoint was written (unix `time`) and its counters, or None if it cannot be read."""
     try:
         with h5py.File(path, "r", locking=False) as f:
-            return float(f.attrs["time"])
+            return {"time": float(f.attrs["time"]), **{k: _scalar(v) for k, v in f["counters"].attrs.items()}}
     except (OSError, KeyError):
         return None
