@@ -108,12 +108,15 @@ def plot_autocorrelation(samples: dict[str, np.ndarray], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_training(training: dict[str, np.ndarray], path: Path) -> Path:
-    """Training loss per optimizer step and the SLMC acceptance per sample-then-train round."""
+def plot_training(training: dict[str, np.ndarray], path: Path, steps_per_round: int | None = None) -> Path:
+    """Training loss per optimizer step (dotted lines: round boundaries) and the SLMC acceptance per round."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     loss = training.get("loss", np.array([]))
     if loss.size:
         loss_ax.semilogy(np.arange(1, loss.size + 1), loss, lw=0.8)
+        if steps_per_round:
+            for boundary in range(steps_per_round, loss.size, steps_per_round):
+                loss_ax.axvline(boundary + 0.5, color="grey", ls=":", lw=0.8)
     loss_ax.set(xlabel="optimizer step", ylabel=r"loss  MSE of $(\Omega - H_{eff})/N$", title="training loss")
     acceptance = training.get("round_acceptance", np.array([]))
     if acceptance.size:
@@ -146,7 +149,9 @@ def plot_run(run_dir: Path) -> list[Path]:
         written.append(plot_autocorrelation(samples, out / "autocorrelation.png"))
     training = read_training(path)
     if training:
-        written.append(plot_training(training, out / "training.png"))
+        config = YAML(typ="safe").load(info["config_yaml"] or "{}") or {}
+        steps = config.get("training", {}).get("steps_per_round")
+        written.append(plot_training(training, out / "training.png", steps))
     for png in written:
         print(f"wrote {png}")
     return written

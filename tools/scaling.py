@@ -1,0 +1,181 @@
+"""Weak and strong scaling of `slmc-hpc run` over MPI rank counts, from the runs' own /timing records.
+
+    .venv/bin/python tools/scaling.py [--ranks 1 2] [--config CONFIG] [--chains-per-rank 2]
+                                      [--total-chains 4] [--out runs/scaling] [--set KEY=VALUE ...]
+
+Weak scaling keeps the chains per rank fixed (the work grows with the ranks), strong scaling keeps the
+total number of chains fixed (chains per rank = total / ranks). Each point is one real
+`mpirun -n P python -m mpi4py -m slmc_hpc run` of a small configuration (default: exact local MC on 6x6,
+which has no training phase, so the production phase is the whole cost).
+
+Time of a run = the slowest rank's production time, summed from run.h5:/timing/<phase>
+([mpi_size, n_measurements] seconds per rank and measurement window); the I/O share is that rank's
+`io` part, the imbalance the gap between the slowest and the mean rank (what collectives wait for).
+Efficiency: weak T(1)/T(P); strong T(1)/(P T(P)). The CPU efficiency (CPU seconds of all ranks per
+chain, from getrusage) does not see other jobs competing for the cores, so it isolates our own overhead
+(MPI start-up, collectives, I/O) on a busy machine. Prints a markdown table, writes scaling.md,
+scaling.json and scaling.png (efficiency vs ranks) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = """\
+model: {lx: 6, ly: 6, hoppings: {1: 1.0}, J: 1.0, mu: 0.0, T: 0.05}
+evaluator: {kind: dense, ranks_per_config: 1}
+sampler: {kind: exact, chains_per_rank: 2, thermalization: 5, measurements: 300, measure_every: 1}
+output: {dir: runs/scaling/default, checkpoint_every: 3600}
+seed: 1234
+"""
+
+
+def mpi_env() -> dict[str, str]:
+    """One BLAS thread per rank; as root on a small machine OpenMPI needs the allow/oversubscribe flags."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", H5PY_ALWAYS_USE_MPI="1")
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    return env
+
+
+def run_point(config: Path, ranks: int, chains_per_rank: int, run_dir: Path, overrides: list[str]) -> dict:
+    """One scaling point: a fresh run, then its timing summary."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    sets = [f"sampler.chains_per_rank={chains_per_rank}", f"output.dir={run_dir}", *overrides]
+    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "slmc_hpc", "run", str(config)]
+    cmd += [arg for s in sets for arg in ("--set", s)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    point = {"ranks": ranks, "chains": ranks * chains_per_rank, "wall": wall, "cpu": cpu}
+    return {**point, **timing_summary(run_dir / "run.h5")}
+
+
+def timing_summary(path: Path) -> dict:
+    """Slowest rank's production time and its parts, from /timing/<phase> [mpi_size, n_measurements]."""
+    with h5py.File(path, "r", locking=False) as f:
+        n = int(f["samples"].attrs["n_measurements"])
+        parts = {name: np.asarray(data[:, :n]).sum(axis=1) for name, data in f["timing"].items()}
+    per_rank = sum(parts.values())
+    slowest = int(np.argmax(per_rank))
+    time_ = float(per_rank[slowest])
+    return {
+        "time": time_,
+        "io_share": float(parts.get("io", np.zeros_like(per_rank))[slowest] / time_),
+        "imbalance": float((per_rank.max() - per_rank.mean()) / time_),
+        "parts": {name: float(values[slowest]) for name, values in parts.items()},
+    }
+
+
+def add_efficiency(points: list[dict], mode: str) -> None:
+    base = points[0]
+    for p in points:
+        scale = 1.0 if mode == "weak" else p["ranks"] / base["ranks"]
+        p["efficiency"] = base["time"] / (scale * p["time"])
+        p["wall_efficiency"] = base["wall"] / (scale * p["wall"])
+        # CPU seconds per unit of work: blind to other jobs competing for the cores, not to our overheads.
+        work = p["chains"] / base["chains"]
+        p["cpu_efficiency"] = (base["cpu"] * work) / p["cpu"]
+
+
+def markdown(series: dict[str, list[dict]]) -> str:
+    lines = [
+        "| scaling | ranks | chains | production time (s) | efficiency | I/O share | imbalance | wall (s) "
+        "| CPU efficiency |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, points in series.items():
+        for p in points:
+            lines.append(
+                f"| {mode} | {p['ranks']} | {p['chains']} | {p['time']:.2f} | {100 * p['efficiency']:.0f}% "
+                f"| {100 * p['io_share']:.1f}% | {100 * p['imbalance']:.1f}% | {p['wall']:.1f} "
+                f"| {100 * p['cpu_efficiency']:.0f}% |"
+            )
+    return "\n".join(lines)
+
+
+def plot(series: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for mode, points in series.items():
+        ranks = [p["ranks"] for p in points]
+        ax.plot(ranks, [p["efficiency"] for p in points], "o-", label=f"{mode} scaling")
+    ax.axhline(0.9, color="grey", ls="--", lw=0.8, label="90%")
+    ax.set(xlabel="MPI ranks", ylabel="parallel efficiency", ylim=(0, 1.15), title="slmc-hpc scaling")
+    ax.set_xticks(sorted({p["ranks"] for points in series.values() for p in points}))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--config", type=Path, help="base YAML (default: exact local MC on 6x6)")
+    parser.add_argument("--chains-per-rank", type=int, default=2, help="weak scaling: chains per rank")
+    parser.add_argument("--total-chains", type=int, help="strong scaling: total chains (default: max ranks)")
+    parser.add_argument("--out", type=Path, default=Path("runs/scaling"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
+    parser.add_argument("--modes", nargs="+", default=["weak", "strong"], choices=["weak", "strong"])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per point; the fastest counts (less noise)")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = args.config.resolve() if args.config else out / "base.yaml"
+    if not args.config:
+        config.write_text(DEFAULT_CONFIG)
+    total = args.total_chains or max(args.ranks)
+    if "strong" in args.modes and any(total % p for p in args.ranks):
+        parser.error(f"--total-chains {total} is not divisible by every rank count {args.ranks}")
+
+    series: dict[str, list[dict]] = {}
+    for mode in args.modes:
+        points = []
+        for ranks in args.ranks:
+            per_rank = args.chains_per_rank if mode == "weak" else total // ranks
+            print(f"{mode}: {ranks} ranks x {per_rank} chains ...", flush=True)
+            runs = [run_point(config, ranks, per_rank, out / f"{mode}_{ranks}", args.set) for _ in range(args.repeat)]
+            points.append(min(runs, key=lambda p: p["time"]))
+        add_efficiency(points, mode)
+        series[mode] = points
+    load = os.getloadavg()
+    table = (
+        markdown(series)
+        + f"\n\n{os.cpu_count()} cores; load average (1/5/15 min) after the runs: "
+        + " ".join(f"{x:.1f}" for x in load)
+    )
+    print(table)
+    (out / "scaling.md").write_text(table + "\n")
+    (out / "scaling.json").write_text(json.dumps(series, indent=2) + "\n")
+    plot(series, out / "scaling.png")
+    print(f"wrote {out / 'scaling.md'}, {out / 'scaling.json'}, {out / 'scaling.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
