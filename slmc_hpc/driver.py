@@ -47,6 +47,7 @@ FLUSH_SECONDS = 30.0  # ...or this often (and twice per checkpoint interval), so
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 DECISION_SECONDS = 0.05  # how often the ranks agree on stop/checkpoint/flush (bounds the reaction to a signal)
 DONE = "done"
+CHECKPOINT_TAG = 7  # point-to-point messages carrying training data to rank 0
 
 
 class Interrupted(Exception):
@@ -496,10 +497,12 @@ class Run:
                 "window_acceptance": self.window.acceptance,
                 "rng": [rng_state_text(rng) for rng in self.state.rngs],
             }
-        learner_blobs = self._learner_blobs()
-        gathered = topo.comm.gather((mine, learner_blobs), root=0)
+        gathered = topo.comm.gather(mine, root=0)
+        training = self.learner is not None  # the same on every rank (it depends on the phase only)
+        if training and topo.rank != 0:
+            topo.comm.send(self._learner_blobs(), dest=0, tag=CHECKPOINT_TAG)
         if topo.rank == 0:
-            parts = [part for part, _ in gathered if part is not None]
+            parts = [part for part in gathered if part is not None]
             counters = {**self.progress.counters(), "window_steps": self.window.steps}
             ckpt = Checkpoint(
                 config_yaml=to_yaml(self.config),
@@ -515,12 +518,18 @@ class Run:
                 parameters=self.effective.parameters() if self.effective is not None else {},
                 history=self._history_arrays(),
                 blobs=self._trainer_blob(),
-                rank_blobs=[blobs for _, blobs in gathered] if self.learner is not None else [],
+                rank_blobs=self._all_learner_blobs() if training else [],
                 time=time.time(),
             )
             write_checkpoint(self.run_dir / CHECKPOINT_FILE, ckpt)
         self.last_checkpoint = time.monotonic()
         self.window.seconds["io"] += time.perf_counter() - start
+
+    def _all_learner_blobs(self):
+        """Rank 0: every rank's training data, received one rank at a time while the file is written."""
+        yield self._learner_blobs()
+        for rank in range(1, self.topo.size):
+            yield self.topo.comm.recv(source=rank, tag=CHECKPOINT_TAG)
 
     def _learner_blobs(self) -> dict[str, bytes]:
         """This rank's training data (npz bytes): each rank keeps its own."""

@@ -1,11 +1,10 @@
 """Issue 4 evidence: interrupted runs resume bit for bit, and a chain does not depend on the rank count.
 
-A run stopped by SIGTERM (sent to the ranks, as a batch system does) and a run killed with SIGKILL in
-the middle of production are resumed with the same command and end with `/samples/*` bitwise equal
-to an uninterrupted run of the same config and seed, under `mpirun -n 2`. The interrupted run is
-also used to check that a changed config and a truncated checkpoint are refused (exit status 2)
-without touching the files. One BLAS thread per rank (tests/conftest.py).
-"""
+Runs stopped by SIGTERM (sent to the ranks, as a batch system does) in production or in training,
+and killed with SIGKILL in the middle of production, are resumed with the same command and end with
+`/samples/*` bitwise equal to an uninterrupted run of the same config and seed, under `mpirun -n 2`.
+An interrupted run is also used to check that a changed config, a truncated, foreign or missing
+checkpoint are refused (exit status 2) without touching the files. One BLAS thread per rank."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from tests.conftest import mpi_env, mpirun
 from tests.test_run import SLMC, _merge, digest, read_samples, run_cli, write_config
 
 EXACT = {"sampler": {"measurements": 300}}
-SLMC_LONG = _merge(SLMC, {"sampler": {"measurements": 1000}})
+SLMC_LONG = _merge(SLMC, {"training": {"rounds": 20, "outer_steps_per_round": 10}, "sampler": {"measurements": 1000}})
 OFTEN = {"output": {"checkpoint_every": 0.4}}  # seconds; it does not change the samples
 
 
@@ -47,21 +46,31 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def wait_for_production(proc: subprocess.Popen, run_dir: Path, measurements: int, log: Path) -> int:
-    """Poll run.h5 with a plain reader (while the run writes it) until production has `measurements`."""
+def wait_for_phase(proc: subprocess.Popen, run_dir: Path, phase: str, log: Path, measurements: int = 0) -> None:
+    """Poll run.h5 with a plain reader (while the run writes it) until `phase` with `measurements` done."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"the run ended before it could be interrupted:\n{log.read_text()}")
         try:
             with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
-                done = int(f["samples"].attrs["n_measurements"])
-                if f.attrs["phase"] == "production" and done >= measurements:
-                    return done
+                if f.attrs["phase"] == phase and f["samples"].attrs["n_measurements"] >= measurements:
+                    return
         except (OSError, KeyError):
             pass  # not created yet, or caught between two writes
         time.sleep(0.05)
-    raise AssertionError("the run did not reach production in time")
+    raise AssertionError(f"the run did not reach {phase} in time")
+
+
+def interrupt(proc: subprocess.Popen, signum: int) -> int:
+    """Send `signum` to the ranks (as a batch system does); for SIGKILL, to mpirun as well. Exit status."""
+    ranks = child_pids(proc.pid)
+    assert ranks, "no rank processes found under mpirun"
+    for pid in ranks:
+        os.kill(pid, signum)
+    if signum == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait(timeout=60)
 
 
 def checkpoint_counters(run_dir: Path) -> dict:
@@ -88,12 +97,8 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     config = write_config(tmp_path, "run", **_merge(EXACT, OFTEN))
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
     proc = launch(2, config, log)
-    wait_for_production(proc, run_dir, 10, log)
-    ranks = child_pids(proc.pid)
-    assert len(ranks) == 2
-    for pid in ranks:
-        os.kill(pid, signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, log.read_text()
+    wait_for_phase(proc, run_dir, "production", log, measurements=10)
+    assert interrupt(proc, signal.SIGTERM) == 0, log.read_text()
     assert "stopped by signal" in log.read_text()
     counters = checkpoint_counters(run_dir)
     assert counters["phase"] == "production" and 10 <= counters["measurements"] < 300
@@ -135,20 +140,23 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     assert_same_samples(run_dir, exact_reference)
 
 
-def test_sigkill_in_production_then_resume_is_bitwise_identical(tmp_path):
-    """SLMC with training: the resumed run continues from the last checkpoint and redoes later rows."""
+def test_sigterm_in_training_sigkill_in_production_resume_bitwise_identical(tmp_path):
+    """SLMC with training, stopped twice: each resume continues from the last checkpoint (training data,
+    model and chains), and later rows that the killed run had written are redone identically."""
     reference = tmp_path / "reference"
     run_cli(2, write_config(tmp_path, "reference", **SLMC_LONG))
 
     config = write_config(tmp_path, "run", **_merge(SLMC_LONG, OFTEN))
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
     proc = launch(2, config, log)
-    wait_for_production(proc, run_dir, 50, log)
-    ranks = child_pids(proc.pid)
-    for pid in ranks:
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    wait_for_phase(proc, run_dir, "train", log)
+    assert interrupt(proc, signal.SIGTERM) == 0, log.read_text()
+    counters = checkpoint_counters(run_dir)
+    assert counters["phase"] == "train" and 0 < counters["rounds"] < SLMC_LONG["training"]["rounds"]
+
+    proc = launch(2, config, log)
+    wait_for_phase(proc, run_dir, "production", log, measurements=50)
+    interrupt(proc, signal.SIGKILL)
     counters = checkpoint_counters(run_dir)
     assert counters["phase"] == "production" and counters["measurements"] < 1000
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
@@ -160,7 +168,8 @@ def test_sigkill_in_production_then_resume_is_bitwise_identical(tmp_path):
     assert_same_samples(run_dir, reference)
     with h5py.File(run_dir / "run.h5", "r") as f, h5py.File(reference / "run.h5", "r") as g:
         assert np.array_equal(f["model"]["couplings"][()], g["model"]["couplings"][()])
-        assert np.array_equal(f["training"]["loss"][()], g["training"]["loss"][()])
+        for name in ("round_loss", "round_acceptance", "round_samples"):
+            assert np.array_equal(f["training"][name][()], g["training"][name][()]), name
 
 
 def test_one_rank_and_two_ranks_give_identical_chains(tmp_path, exact_reference):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ class Checkpoint:
     parameters: dict[str, np.ndarray] = field(default_factory=dict)
     history: dict[str, np.ndarray] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
-    rank_blobs: list[dict[str, bytes]] = field(default_factory=list)
+    rank_blobs: Iterable[dict[str, bytes]] = field(default_factory=list)  # may be a generator: one rank at a time
     time: float = 0.0
 
 
