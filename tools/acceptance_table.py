@@ -31,7 +31,11 @@ from slmc_hpc.samplers import SLMCSampler, init_chains
 
 LINEAR_SHELLS = (1, 2, 3, 6)
 TRANSFORMER_LAYERS = (1, 2, 3, 4, 6)
-N_ATT, TRANSFORMER_N_J = 6, 3
+N_ATT, TRANSFORMER_N_J = 6, 6
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
 
 
 def binned_mean(series: np.ndarray, bins: int = 20) -> tuple[float, float]:
@@ -48,7 +52,12 @@ def run_row(kind, n_J, n_layers, evaluator, training, chains, data_state, args) 
     learner = SelfLearning(model, evaluator, training, seed=args.seed, inner_sweeps=1)
     learner.data.load_state_dict(data_state)
     fit_loss = learner.fit_initial()
-    rounds = [learner.run_round(chains) for _ in range(training.rounds)]
+    rounds = []
+    for r in range(training.rounds):
+        if learner.trainer is not None:  # cosine decay of the learning rate over the rounds, to lr/20
+            progress = r / max(training.rounds - 1, 1)
+            learner.trainer.set_learning_rate(training.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress))))
+        rounds.append(learner.run_round(chains))
     train_loss = mean_squared_error(model, *learner.data.arrays())
     trained = time.perf_counter()
 
@@ -133,11 +142,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="exact local MC sweeps (shared warm-up data)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--outer", type=int, default=50, help="SLMC outer steps per training round")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per training round")
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per training round")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--measure", type=int, default=500, help="outer steps per chain with frozen parameters")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--linear-shells", type=_integers, default=LINEAR_SHELLS, help="e.g. 1,2,3,6")
+    parser.add_argument("--layers", type=_integers, default=TRANSFORMER_LAYERS, help="transformer rows, e.g. 1,2,3")
+    parser.add_argument("--transformer-n-j", type=int, default=TRANSFORMER_N_J, help="read-out shells")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny budgets")
     args = parser.parse_args()
     if args.quick:
@@ -167,8 +179,8 @@ def main() -> None:
     )
 
     rows = []
-    specs = [("linear", n, 0) for n in LINEAR_SHELLS] + [
-        ("transformer", TRANSFORMER_N_J, n) for n in TRANSFORMER_LAYERS
+    specs = [("linear", n, 0) for n in args.linear_shells] + [
+        ("transformer", args.transformer_n_j, n) for n in args.layers
     ]
     for kind, n_J, n_layers in specs:
         row = run_row(kind, n_J, n_layers, evaluator, training, copy.deepcopy(chains), warm.data.state_dict(), args)
@@ -185,7 +197,7 @@ def main() -> None:
     settings = {k: v for k, v in vars(args).items()}
     (out / "table.md").write_text(
         f"{table}\n\nL = 6, t = 1, J = 1, μ = 0, T = 0.05; 1 inner sweep per outer step; transformer n_att = {N_ATT}, "
-        f"n_J = {TRANSFORMER_N_J}; acceptance over {args.measure} outer steps x {args.chains} chains (frozen); "
+        f"n_J = {args.transformer_n_j}; acceptance over {args.measure} outer steps x {args.chains} chains (frozen); "
         f"settings {settings}; {total:.0f} s in all.\n"
     )
     (out / "table.json").write_text(json.dumps({"settings": settings, "seconds": total, "rows": rows}, indent=1))

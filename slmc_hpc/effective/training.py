@@ -134,6 +134,11 @@ class Trainer:
         self._synchronise()
         return losses
 
+    def set_learning_rate(self, lr: float) -> None:
+        """For a schedule driven by the caller (e.g. decay over rounds); not part of `state_dict`."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(lr)
+
     def _apply(self, gradient: np.ndarray) -> None:
         start = 0
         for p in self.params:

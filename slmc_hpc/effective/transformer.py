@@ -94,13 +94,14 @@ class TransformerModel:
         self.lattice, self.n_sites = lattice, lattice.n_sites
         self.n_J, self.n_layers, self.n_att = n_J, n_layers, n_att
         self.module = _TransformerModule(lattice, n_J, n_layers, n_att)
+        self._parameters = list(self.module.parameters())  # updated in place only (copy_, optimizer steps)
         self._cache_key: tuple | None = None
         self._cache: tuple | None = None
 
     # -- inference ------------------------------------------------------------------------------
     def _inference_matrices(self) -> tuple:
         """Mixing and read-out matrices, rebuilt only when a parameter changed (in-place version counters)."""
-        key = tuple(p._version for p in self.module.parameters()) + tuple(id(p) for p in self.module.parameters())
+        key = tuple(p._version for p in self._parameters)
         if key != self._cache_key:
             with torch.inference_mode():
                 self._cache = self.module.matrices()
