@@ -175,3 +175,24 @@ def test_pbs_script_checkpoints_before_walltime_and_resubmits(tmp_path):
     assert "2 ranks x 1 threads" in logs[0]
     assert "run run finished" in logs[-1]
     assert_bitwise_equal(job_dir / "run", reference.result())
+
+
+def test_temperature_scan_example_runs_and_plots(tmp_path):
+    """jobs/examples/temperature_scan/scan.sh local + plot on a shrunken base job (4x4, 2 temperatures)."""
+    shrink = (
+        "--set model.lx=4 --set model.ly=4 --set sampler.chains_per_rank=2 --set sampler.thermalization=20 "
+        "--set sampler.measurements=200 --set training.warmup_sweeps=5 --set training.rounds=1 "
+        "--set training.outer_steps_per_round=10"
+    )
+    scan = REPO / "jobs" / "examples" / "temperature_scan" / "scan.sh"
+    env = job_env(TEMPERATURES="0.05 0.2", OUT=str(tmp_path / "scan"), PYTHON=sys.executable, RUN_ARGS=shrink)
+    for stage in ("local", "plot"):
+        proc = subprocess.run(["bash", str(scan), stage], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for temperature in ("0.05", "0.2"):
+        results = tmp_path / "scan" / f"T{temperature}" / "results.json"
+        assert results.exists()
+        with h5py.File(results.parent / "run.h5", "r", locking=False) as f:
+            assert f"T: {temperature}" in f.attrs["config_yaml"]
+    png = tmp_path / "scan" / "scan.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

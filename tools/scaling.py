@@ -49,6 +49,8 @@ def mpi_env() -> dict[str, str]:
     if os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    # Waiting ranks yield the core instead of spinning, so CPU time counts work, not polling.
+    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     return env
 
 
