@@ -336,6 +336,7 @@ class Run:
         start = self.phases.index(self.progress.phase) if self.progress.phase != DONE else len(self.phases)
         for name in self.phases[start:]:
             self.runfile.set_attrs(phase=name)
+            self.runfile.flush()  # readers (status, analysis) see the new phase at once
             getattr(self, f"_phase_{name}")()
             following = self.phases.index(name) + 1
             self.progress = Progress(
