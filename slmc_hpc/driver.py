@@ -138,9 +138,13 @@ def _plan(run_dir: Path, config: Config, n_chains: int, force: bool) -> str:
                 ) from None
             return "fresh"
     if status == "finished":
-        if not force:
-            raise InputError(f"{run_dir} holds a finished run ({run_path}); use --force to overwrite it")
-        return "fresh"
+        if force:
+            return "fresh"
+        if not ckpt_path.exists() or _finished_measurements(ckpt_path) >= config.sampler.measurements:
+            raise InputError(
+                f"{run_dir} holds a finished run ({run_path}); raise sampler.measurements to extend it, "
+                "or use --force to overwrite it"
+            )
     if ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path, n_chains=n_chains)
         try:
@@ -163,6 +167,14 @@ def _plan(run_dir: Path, config: Config, n_chains: int, force: bool) -> str:
             "use --force to start afresh"
         )
     return "fresh"
+
+
+def _finished_measurements(ckpt_path: Path) -> int:
+    """Measurements recorded in a (final) checkpoint; unreadable ones are refused by read_checkpoint later."""
+    try:
+        return int(read_checkpoint(ckpt_path).counters["measurements"])
+    except (InputError, KeyError):
+        return 0
 
 
 def _collective(comm, rank: int, function, *args):
@@ -263,6 +275,10 @@ class Run:
             raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: its spins do not fit a {self.model.lattice} lattice")
         c = ckpt.counters
         self.progress = Progress(str(c["phase"]), int(c["step"]), int(c["measurements"]), int(c["rounds"]))
+        if self.progress.phase == DONE and self.progress.measurements < self.config.sampler.measurements:
+            # A finished run whose production is extended: its chains continue where they stopped.
+            done = self.progress.measurements
+            self.progress = Progress("production", done * self.config.sampler.measure_every, done, self.progress.rounds)
         if self.progress.phase not in (*self.phases, DONE):
             raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: phase {self.progress.phase} is not part of this run")
         if self.progress.phase in ("warmup", "train") and ckpt.mpi_size != topo.size:

@@ -106,10 +106,17 @@ def test_exact_run_layout_status_and_finished_refusal(tmp_path):
     assert refused.returncode == 2 and "finished run" in refused.stderr and "--force" in refused.stderr
     assert (digest(run_dir / "run.h5"), digest(run_dir / "checkpoint.h5")) == before
 
+    # More measurements extend a finished run: its chains go on where they stopped...
     first = read_samples(run_dir)
-    run_cli(2, config, "--force")  # overwrites: same config and seed give the same samples
+    longer = write_config(tmp_path, "longer", sampler={"measurements": 15}, output={"dir": str(run_dir)})
+    run_cli(2, longer)
+    extended = read_samples(run_dir)
+    assert extended["omega"].shape == (n_chains, 15)
+    assert all(np.array_equal(extended[name][:, :n_meas], first[name]) for name in first)
+    # ...exactly as if it had been started with them (--force overwrites the run).
+    run_cli(2, longer, "--force")
     again = read_samples(run_dir)
-    assert all(np.array_equal(first[name], again[name]) for name in first)
+    assert all(np.array_equal(extended[name], again[name]) for name in first)
 
 
 def test_slmc_run_trains_freezes_and_produces(slmc_run):
