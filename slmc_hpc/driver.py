@@ -219,8 +219,8 @@ class Window:
 class Run:
     """One rank's view of a run: its chains, samplers, files and the phase loop."""
 
-    def __init__(self, config: Config, topo: Topology, mode: str):
-        self.config, self.topo = config, topo
+    def __init__(self, config: Config, topo: Topology, mode: str, stop: StopFlag):
+        self.config, self.topo, self.stop = config, topo, stop
         self.run_dir = Path(config.output.dir)
         self.phases = phases(config)
         self.model = build_model(config)
@@ -234,7 +234,6 @@ class Run:
         self.progress = Progress(self.phases[0])
         self.buffer: list[dict[str, np.ndarray]] = []
         self.buffer_timing: list[dict[str, float]] = []
-        self.stop_requested = False
         self.history_written = -1
         self.steps_undecided, self.decide_every, self.last_decision = 0, 1, time.monotonic()
         self.last_checkpoint = self.last_flush = time.monotonic()
@@ -458,7 +457,7 @@ class Run:
         if self.steps_undecided < self.decide_every:
             return
         flags = np.zeros(4, dtype=np.int64)
-        flags[0] = self.stop_requested
+        flags[0] = self.stop.requested
         if self.topo.rank == 0:
             now = time.monotonic()
             flags[1] = now - self.last_checkpoint >= self.config.output.checkpoint_every
@@ -583,23 +582,20 @@ class Run:
 # ------------------------------------------------------------------------------------ entry points
 
 
-class _StopFlag:
-    """SIGTERM/SIGUSR1 handlers that only set a flag; the run stops at the next step boundary."""
+class StopFlag:
+    """SIGTERM/SIGUSR1 handlers that only raise a flag; the run acts on it at the next step boundary."""
 
-    def __init__(self, run_holder: dict):
-        self.holder = run_holder
+    def __init__(self):
+        self.requested = False
         self.previous = {}
 
-    def __enter__(self):
+    def __enter__(self) -> StopFlag:
         for sig in STOP_SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.holder["stop"] = True
-        run = self.holder.get("run")
-        if run is not None:
-            run.stop_requested = True
+        self.requested = True
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
@@ -612,11 +608,8 @@ def run_simulation(config: Config, force: bool = False) -> None:
     topo = Topology.build(config, comm)
     run_dir = Path(config.output.dir)
     mode = _collective(comm, topo.rank, _plan, run_dir, config, topo.n_chains, force)
-    holder: dict = {}
-    with _StopFlag(holder):
-        run = Run(config, topo, mode)
-        run.stop_requested = holder.get("stop", False)
-        holder["run"] = run
+    with StopFlag() as stop:
+        run = Run(config, topo, mode, stop)
         if topo.rank == 0:
             action = "resuming" if mode == "resume" else "starting"
             sys.stderr.write(
