@@ -42,28 +42,37 @@ def run_file(run_dir: Path) -> Path:
     return path
 
 
-def read_samples(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+def read_samples(path: Path, attempts: int = 3) -> tuple[dict[str, np.ndarray], dict]:
     """The complete measurements of every scalar observable ([n_chains, n_measurements] each) and run info.
 
     Only the first /samples.attrs["n_measurements"] columns are read: later ones may be half written.
+    A read that collides with a flush of the running job is retried after a second.
     """
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            if "samples" not in f:
-                raise InputError(f"{path} has no /samples group (the run has not started measuring)")
-            group = f["samples"]
-            n_meas = int(group.attrs.get("n_measurements", 0))
-            names = [n for n in SCALAR_OBSERVABLES if n in group]
-            names += sorted(n for n in group if n not in names and group[n].ndim == 2)
-            samples = {name: np.asarray(group[name][:, :n_meas], dtype=np.float64) for name in names}
-            info = {
-                "status": _text(f.attrs.get("status", "unknown")),
-                "config_yaml": _text(f.attrs.get("config_yaml", "")),
-                "n_measurements": n_meas,
-                "sq_shape": group["sq"].shape[2:] if "sq" in group else None,
-            }
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
+    for attempt in range(attempts):
+        try:
+            return _read_samples(path)
+        except OSError as exc:
+            if attempt == attempts - 1:
+                raise InputError(f"cannot read {path}: {exc}") from exc
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def _read_samples(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    with h5py.File(path, "r", locking=False) as f:
+        if "samples" not in f:
+            raise InputError(f"{path} has no /samples group (the run has not started measuring)")
+        group = f["samples"]
+        n_meas = int(group.attrs.get("n_measurements", 0))
+        names = [n for n in SCALAR_OBSERVABLES if n in group]
+        names += sorted(n for n in group if n not in names and group[n].ndim == 2)
+        samples = {name: np.asarray(group[name][:, :n_meas], dtype=np.float64) for name in names}
+        info = {
+            "status": _text(f.attrs.get("status", "unknown")),
+            "config_yaml": _text(f.attrs.get("config_yaml", "")),
+            "n_measurements": n_meas,
+            "sq_shape": group["sq"].shape[2:] if "sq" in group else None,
+        }
     return samples, info
 
 

@@ -1,4 +1,4 @@
-"""Diagnostic plots of a run (PNG, matplotlib Agg): time series, autocorrelations, training, temperature scans.
+"""Diagnostic plots of a run (PNG, matplotlib Agg): time series, autocorrelations, S(q), training, T scans.
 
 Like analysis.py, this only reads run.h5 (and results.json), so it works on a run that is still going.
 """
@@ -127,6 +127,33 @@ def plot_training(training: dict[str, np.ndarray], path: Path, steps_per_round: 
     return _save(fig, path)
 
 
+def mean_structure_factor(path: Path, block: int = 256) -> np.ndarray | None:
+    """S(q) averaged over chains and complete measurements, [ly, lx], read in blocks (the file can be large)."""
+    with h5py.File(path, "r", locking=False) as f:
+        if "samples/sq" not in f:
+            return None
+        data, n = f["samples/sq"], int(f["samples"].attrs.get("n_measurements", 0))
+        if n == 0:
+            return None
+        total = sum(np.asarray(data[:, k : min(k + block, n)]).sum(axis=(0, 1)) for k in range(0, n, block))
+        return total / (data.shape[0] * n)
+
+
+def plot_structure_factor(sq: np.ndarray, path: Path) -> Path:
+    """<S(q)> on the Brillouin zone, q = 0 in the middle; (pi, pi) (Neel order) shows at (-pi, -pi)."""
+    ly, lx = sq.shape
+    shifted = np.fft.fftshift(sq)
+    qx = 2 * np.pi * (np.arange(lx) - lx // 2) / lx
+    qy = 2 * np.pi * (np.arange(ly) - ly // 2) / ly
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    step_x, step_y = 2 * np.pi / lx, 2 * np.pi / ly
+    extent = (qx[0] - step_x / 2, qx[-1] + step_x / 2, qy[0] - step_y / 2, qy[-1] + step_y / 2)
+    image = ax.imshow(shifted, origin="lower", extent=extent, cmap="viridis", aspect="equal")
+    fig.colorbar(image, ax=ax, label=r"$\langle S(q)\rangle$")
+    ax.set(xlabel=r"$q_x$", ylabel=r"$q_y$", title=r"spin structure factor $\langle S(q)\rangle$")
+    return _save(fig, path)
+
+
 def read_training(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r", locking=False) as f:
         if "training" not in f:
@@ -147,6 +174,9 @@ def plot_run(run_dir: Path) -> list[Path]:
         written.append(plot_time_series(samples, info, out / "time_series.png"))
     if info["n_measurements"] >= 4:
         written.append(plot_autocorrelation(samples, out / "autocorrelation.png"))
+    sq = mean_structure_factor(path)
+    if sq is not None:
+        written.append(plot_structure_factor(sq, out / "structure_factor.png"))
     training = read_training(path)
     if training:
         config = YAML(typ="safe").load(info["config_yaml"] or "{}") or {}

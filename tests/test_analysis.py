@@ -31,7 +31,8 @@ def write_run(run_dir: Path, samples: dict[str, np.ndarray], config_yaml: str = 
         f.attrs.update(format_version=1, config_yaml=config_yaml, status=extra.get("status", "finished"), mpi_size=1)
         group = f.create_group("samples")
         for name, data in samples.items():
-            group.create_dataset(name, data=data, maxshape=(n_chains, None), chunks=(n_chains, 64))
+            rest = data.shape[2:]  # sq: [n_chains, n_measurements, ly, lx]
+            group.create_dataset(name, data=data, maxshape=(n_chains, None, *rest), chunks=(n_chains, 64, *rest))
         group.attrs["n_measurements"] = extra.get("n_measurements", n_meas)
         for name, data in extra.get("timing", {}).items():
             f[f"timing/{name}"] = data

@@ -32,23 +32,27 @@ def fake_run(run_dir: Path, temperature: float = 0.05, training: bool = True, se
         "m": 0.1 + 0.02 * ar1(rng, 0.5, 4, 200),
         "acceptance": rng.random((4, 200)),
     }
+    sq = rng.random((4, 200, 4, 4))
+    sq[:, :, 2, 2] += 10.0  # a Neel peak at q = (pi, pi)
+    samples["sq"] = sq
     train = {"loss": np.exp(-np.linspace(0, 5, 300)) + 1e-4, "round_acceptance": np.array([0.2, 0.5, 0.7, 0.8])}
     config = CONFIG_4X4.replace("T: 0.05", f"T: {temperature}")
     write_run(run_dir, samples, config_yaml=config, training=train if training else {})
     return run_dir
 
 
-def test_plot_run_writes_time_series_autocorrelation_and_training(tmp_path):
+def test_plot_run_writes_time_series_autocorrelation_sq_and_training(tmp_path):
     paths = plot_run(fake_run(tmp_path / "run"))
-    assert [p.name for p in paths] == ["time_series.png", "autocorrelation.png", "training.png"]
+    names = ["time_series.png", "autocorrelation.png", "structure_factor.png", "training.png"]
+    assert [p.name for p in paths] == names
     for path in paths:
         assert path.parent == tmp_path / "run" / "plots"
-        assert_png(path)
+        assert_png(path, min_bytes=5_000 if path.name == "structure_factor.png" else 10_000)
 
 
 def test_plot_run_without_training(tmp_path):
     paths = plot_run(fake_run(tmp_path / "run", training=False))
-    assert [p.name for p in paths] == ["time_series.png", "autocorrelation.png"]
+    assert [p.name for p in paths] == ["time_series.png", "autocorrelation.png", "structure_factor.png"]
 
 
 def test_plot_scan_over_temperatures(tmp_path):
