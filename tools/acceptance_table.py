@@ -29,7 +29,7 @@ from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.physics import DoubleExchange
 from slmc_hpc.samplers import SLMCSampler, init_chains
 
-LINEAR_SHELLS = (1, 2, 3, 6)
+LINEAR_SHELLS = (1, 2, 3, 6, 11)  # 11: every distinct distance of the 6x6 torus (shell 11 is (3, 3))
 TRANSFORMER_LAYERS = (1, 2, 3, 4, 6)
 N_ATT, TRANSFORMER_N_J = 6, 6
 
@@ -140,9 +140,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/acceptance_table")
     parser.add_argument("--chains", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=100, help="exact local MC sweeps (shared warm-up data)")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--outer", type=int, default=50, help="SLMC outer steps per training round")
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per training round")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps per training round")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--measure", type=int, default=500, help="outer steps per chain with frozen parameters")
