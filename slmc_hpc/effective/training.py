@@ -199,31 +199,50 @@ class Trainer:
 
 
 class TrainingData:
-    """This rank's exactly evaluated configurations (spins, Ω), at most `max_samples` (oldest dropped)."""
+    """This rank's exactly evaluated configurations (spins, Ω), at most `max_samples` (oldest dropped).
+
+    Appends are O(batch) (chunks are joined lazily, once per `arrays()` after new data), because
+    the SLMC loop appends after every outer step.
+    """
 
     def __init__(self, n_sites: int, max_samples: int | None = None):
         self.n_sites, self.max_samples = n_sites, max_samples
-        self.spins = np.zeros((0, n_sites, 3))
-        self.omega = np.zeros(0)
+        self._spins: list[np.ndarray] = []
+        self._omega: list[np.ndarray] = []
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self.omega)
+        return self._count
 
     def append(self, spins: np.ndarray, omega: np.ndarray) -> None:
-        self.spins = np.concatenate([self.spins, np.asarray(spins, dtype=np.float64).reshape(-1, self.n_sites, 3)])
-        self.omega = np.concatenate([self.omega, np.asarray(omega, dtype=np.float64).reshape(-1)])
-        if self.max_samples is not None and len(self.omega) > self.max_samples:
-            self.spins, self.omega = self.spins[-self.max_samples :].copy(), self.omega[-self.max_samples :].copy()
+        omega = np.array(omega, dtype=np.float64).reshape(-1)
+        self._spins.append(np.array(spins, dtype=np.float64).reshape(len(omega), self.n_sites, 3))
+        self._omega.append(omega)
+        self._count += len(omega)
+        excess = self._count - self.max_samples if self.max_samples is not None else 0
+        while excess > 0:
+            drop = min(excess, len(self._omega[0]))
+            self._spins[0], self._omega[0] = self._spins[0][drop:], self._omega[0][drop:]
+            if not len(self._omega[0]):
+                del self._spins[0], self._omega[0]
+            self._count -= drop
+            excess -= drop
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.spins, self.omega
+        """All samples, oldest first: spins [M, N, 3] and Ω [M]."""
+        if len(self._omega) != 1:
+            spins = np.concatenate(self._spins) if self._spins else np.zeros((0, self.n_sites, 3))
+            omega = np.concatenate(self._omega) if self._omega else np.zeros(0)
+            self._spins, self._omega = [spins], [omega]
+        return self._spins[0], self._omega[0]
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"spins": self.spins.copy(), "omega": self.omega.copy()}
+        spins, omega = self.arrays()
+        return {"spins": spins.copy(), "omega": omega.copy()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.spins = np.asarray(state["spins"], dtype=np.float64).reshape(-1, self.n_sites, 3).copy()
-        self.omega = np.asarray(state["omega"], dtype=np.float64).copy()
+        self._spins, self._omega, self._count = [], [], 0
+        self.append(state["spins"], state["omega"])
 
 
 def pack_state(state: dict[str, np.ndarray]) -> bytes:
