@@ -186,3 +186,38 @@ def test_missing_inputs_raise_input_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="run.h5"):
         analyze_run(tmp_path / "empty")
+
+
+def test_analyze_a_run_while_the_driver_writes_it(tmp_path):
+    """A real 2-rank run: analysed while it is going (complete columns only, no /results), then stopped."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import mpi_env
+
+    config = tmp_path / "live.yaml"
+    config.write_text(
+        CONFIG_4X4 + "sampler: {kind: exact, chains_per_rank: 2, thermalization: 5, measurements: 100000}\n"
+        f"output: {{dir: {tmp_path / 'run'}, checkpoint_every: 300}}\nseed: 3\n"
+    )
+    cmd = ["mpirun", "-n", "2", sys.executable, "-m", "mpi4py", "-m", "slmc_hpc", "run", str(config)]
+    proc = subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with h5py.File(tmp_path / "run" / "run.h5", "r", locking=False) as f:
+                    if f["samples"].attrs["n_measurements"] >= 256:
+                        break
+            except (OSError, KeyError):
+                pass
+            time.sleep(0.5)
+        with pytest.warns(UserWarning, match="being written"):
+            results = analyze_run(tmp_path / "run")
+        assert results["ms"]["n_chains"] == 4 and 256 <= results["ms"]["n_measurements"] < 100000
+        assert 0 < results["ms"]["mean"] < 1 and results["ms"]["error"] > 0
+    finally:
+        proc.send_signal(signal.SIGUSR1)  # mpirun forwards it: the run checkpoints and exits 0
+        output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output[-2000:]
