@@ -287,7 +287,9 @@ class Run:
         for name in self.phases[start:]:
             self.runfile.set_attrs(phase=name)
             self.runfile.flush()  # readers (status, analysis) see the new phase at once
+            started = time.perf_counter()
             getattr(self, f"_phase_{name}")()
+            self.runfile.add_phase_seconds(name, time.perf_counter() - started)
             following = self.phases.index(name) + 1
             self.progress = Progress(
                 self.phases[following] if following < len(self.phases) else DONE,

@@ -65,6 +65,7 @@ class RunFile:
     def create(cls, path: str | Path, comm, layout: Layout, attrs: dict) -> RunFile:
         """A new run file (truncating any old one) with empty, growable datasets."""
         f = open_parallel(path, "w", comm)
+        attrs = comm.bcast(attrs, root=0)  # identical metadata on every rank (see set_attrs)
         for key, value in {"format_version": FORMAT_VERSION, **attrs}.items():
             f.attrs[key] = value
         samples = f.create_group("samples")
@@ -135,9 +136,19 @@ class RunFile:
         return int(self.file["samples"].attrs["n_measurements"])
 
     def set_attrs(self, **attrs) -> None:
-        """Root attributes (collective: every rank passes the same values)."""
+        """Root attributes, collectively: rank 0's values are written by every rank.
+
+        HDF5 requires identical metadata on all ranks; broadcasting makes values that each rank
+        computes itself (clock readings, timings) safe.
+        """
+        attrs = self.comm.bcast(attrs, root=0)
         for key, value in attrs.items():
             self.file.attrs[key] = value
+
+    def add_phase_seconds(self, phase: str, seconds: float) -> None:
+        """Accumulate rank 0's wall-clock seconds of a phase in the root attr `seconds_<phase>` (over resumes)."""
+        key = f"seconds_{phase}"
+        self.set_attrs(**{key: float(self.file.attrs.get(key, 0.0)) + float(seconds)})
 
     def append(self, samples: dict[str, np.ndarray] | None, timing: dict[str, np.ndarray], count: int) -> None:
         """Add `count` measurement columns: this rank's rows of every sample, its row of every timing.
