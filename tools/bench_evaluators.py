@@ -23,8 +23,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 WORKER_TAG = "BENCH_SLEPC_RESULT "
 #: SLEPc solver choices compared in part 2: (label, evaluator options, largest L worth the wait).
 SLEPC_VARIANTS = [
-    ("krylovschur, ds_method 2 (default)", {"eps_type": "krylovschur", "ds_method": 2}, None),
-    ("krylovschur, ds_method 1", {"eps_type": "krylovschur", "ds_method": 1}, None),
+    ("krylovschur, ds_method 1 (default)", {"eps_type": "krylovschur", "ds_method": 1}, None),
+    ("krylovschur, ds_method 2", {"eps_type": "krylovschur", "ds_method": 2}, None),
     ("krylovschur, ds_method 0 (SLEPc's default DS)", {"eps_type": "krylovschur", "ds_method": 0}, 16),
     ("lapack", {"eps_type": "lapack"}, None),
     ("scalapack", {"eps_type": "scalapack"}, None),
