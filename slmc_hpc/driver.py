@@ -539,6 +539,14 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def _print_results(run_dir: Path) -> None:
+    """The finished run's results table (mean, error, τ_int, ESS), as `slmc-hpc analyze` prints it."""
+    from slmc_hpc.analysis import analyze_run
+
+    sys.stdout.flush()
+    analyze_run(run_dir)
+
+
 def run_simulation(config: Config, force: bool = False) -> None:
     """Run (or resume) the simulation that `config` describes, on every rank of MPI.COMM_WORLD."""
     comm = world()
@@ -555,6 +563,8 @@ def run_simulation(config: Config, force: bool = False) -> None:
             )
         try:
             run.execute()
+            if topo.rank == 0:
+                _print_results(run_dir)
         except Interrupted:
             run.runfile.close()
             if topo.rank == 0:
