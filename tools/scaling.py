@@ -157,12 +157,14 @@ def main(argv: list[str] | None = None) -> int:
 
     series: dict[str, list[dict]] = {}
     for mode in args.modes:
-        points = []
-        for ranks in args.ranks:
-            per_rank = args.chains_per_rank if mode == "weak" else total // ranks
-            print(f"{mode}: {ranks} ranks x {per_rank} chains ...", flush=True)
-            runs = [run_point(config, ranks, per_rank, out / f"{mode}_{ranks}", args.set) for _ in range(args.repeat)]
-            points.append(min(runs, key=lambda p: p["time"]))
+        # Repeats go round the rank counts (1 2 1 2 ...), so a burst of load elsewhere does not hit one point only.
+        runs: dict[int, list[dict]] = {ranks: [] for ranks in args.ranks}
+        for repeat in range(args.repeat):
+            for ranks in args.ranks:
+                per_rank = args.chains_per_rank if mode == "weak" else total // ranks
+                print(f"{mode}: {ranks} ranks x {per_rank} chains (run {repeat + 1}/{args.repeat}) ...", flush=True)
+                runs[ranks].append(run_point(config, ranks, per_rank, out / f"{mode}_{ranks}", args.set))
+        points = [min(runs[ranks], key=lambda p: p["time"]) for ranks in args.ranks]
         add_efficiency(points, mode)
         series[mode] = points
     load = os.getloadavg()
