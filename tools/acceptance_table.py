@@ -1,6 +1,6 @@
 """Issue 3's table: SLMC outer acceptance of linear and transformer H_eff on the 6x6 double-exchange model.
 
-    .venv/bin/python tools/acceptance_table.py [--out runs/acceptance_table] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python tools/acceptance_table.py [--out runs/acceptance_table] [--quick]
 
 Physics: L = 6, t = 1, J = 1, μ = 0, T = 0.05; one inner sweep (N proposals) per outer step.
 Every model starts from the same exact-MC warm-up data and the same chains, runs the self-learning
@@ -31,7 +31,7 @@ from slmc_hpc.samplers import SLMCSampler, init_chains
 
 LINEAR_SHELLS = (1, 2, 3, 6, 11)  # 11: every distinct distance of the 6x6 torus (shell 11 is (3, 3))
 TRANSFORMER_LAYERS = (1, 2, 3, 4, 6)
-N_ATT, TRANSFORMER_N_J = 6, 6
+N_ATT, TRANSFORMER_N_J = 6, (6, 11)  # read-out shells: as the best issue-3 linear row; every distance
 
 
 def _integers(text: str) -> tuple[int, ...]:
@@ -70,7 +70,7 @@ def run_row(kind, n_J, n_layers, evaluator, training, chains, data_state, args) 
     acceptance, error = binned_mean(np.array(accepted))
     test_loss = mean_squared_error(model, np.concatenate(proposed), np.concatenate(omega))
     return {
-        "model": kind if kind == "linear" else f"transformer ({n_layers} layers)",
+        "model": f"linear ({n_J} shells)" if kind == "linear" else f"transformer ({n_layers} layers, n_J = {n_J})",
         "kind": kind,
         "n_J": n_J,
         "n_layers": n_layers,
@@ -108,8 +108,13 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for kind, marker in (("linear", "s"), ("transformer", "o")):
-        subset = [r for r in rows if r["kind"] == kind]
+    families = [("linear", "s", [r for r in rows if r["kind"] == "linear"])]
+    for n_J in sorted({r["n_J"] for r in rows if r["kind"] == "transformer"}):
+        subset = [r for r in rows if r["kind"] == "transformer" and r["n_J"] == n_J]
+        families.append((f"transformer, n_J = {n_J}", "o", subset))
+    for kind, marker, subset in families:
+        if not subset:
+            continue
         x = np.array([r["n_parameters"] for r in subset], dtype=float)
         y = np.array([r["train_loss"] for r in subset])
         (line,) = ax.plot(x, y, marker, label=kind)
@@ -149,7 +154,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--linear-shells", type=_integers, default=LINEAR_SHELLS, help="e.g. 1,2,3,6")
     parser.add_argument("--layers", type=_integers, default=TRANSFORMER_LAYERS, help="transformer rows, e.g. 1,2,3")
-    parser.add_argument("--transformer-n-j", type=int, default=TRANSFORMER_N_J, help="read-out shells")
+    parser.add_argument("--transformer-n-j", type=_integers, default=TRANSFORMER_N_J, help="read-out shells, e.g. 6,11")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny budgets")
     args = parser.parse_args()
     if args.quick:
@@ -179,14 +184,13 @@ def main() -> None:
     )
 
     rows = []
-    specs = [("linear", n, 0) for n in args.linear_shells] + [
-        ("transformer", args.transformer_n_j, n) for n in args.layers
-    ]
+    specs = [("linear", n, 0) for n in args.linear_shells]
+    specs += [("transformer", n_J, n) for n_J in args.transformer_n_j for n in args.layers]
     for kind, n_J, n_layers in specs:
         row = run_row(kind, n_J, n_layers, evaluator, training, copy.deepcopy(chains), warm.data.state_dict(), args)
         rows.append(row)
         print(
-            f"{row['model']:<26} P={row['n_parameters']:<4} train {row['train_loss']:.2e} test {row['test_loss']:.2e} "
+            f"{row['model']:<36} P={row['n_parameters']:<4} train {row['train_loss']:.2e} test {row['test_loss']:.2e} "
             f"acceptance {row['acceptance']:.3f} ± {row['acceptance_error']:.3f} "
             f"(rounds {np.round(row['round_acceptance'], 2)}) "
             f"[{row['seconds_training']:.0f} s + {row['seconds_measuring']:.0f} s]",
