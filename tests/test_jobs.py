@@ -110,7 +110,10 @@ def test_sbatch_checkpoints_on_signal_requeues_and_matches_uninterrupted_run(slu
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     (job_dir / "job.yaml").write_text(tiny_config(measurements))
-    env = {**slurm_cluster.env, **job_env(SLMC_STARTUP_GRACE="8")}
+    # The template's default launcher is `srun --mpi=pmix`; without SLURM's pmix plugin, OpenMPI's mpirun.
+    plugins = slurm_cluster.run("srun", "--mpi=list", check=False)
+    launcher = "srun --mpi=pmix" if "pmix" in plugins.stdout + plugins.stderr else "mpirun"
+    env = {**slurm_cluster.env, **job_env(SLMC_STARTUP_GRACE="8", SLMC_LAUNCHER=launcher)}
     start = time.monotonic()
     job = slurm_cluster.sbatch(
         "--time=1", "--signal=B:USR1@55", "--ntasks=2", "--output=job.out", str(SBATCH), "job.yaml",
