@@ -231,8 +231,9 @@ def analyze_run(run_dir: Path, csv: bool = False) -> dict:
     run_dir = Path(run_dir)
     path = run_file(run_dir)
     samples, info = read_samples(path)
-    if info["n_measurements"] < 2:
-        raise InputError(f"{path} holds {info['n_measurements']} complete measurements; need at least 2")
+    if info["n_measurements"] < 2:  # e.g. still thermalising: not an error, nothing to report yet
+        print(f"{path} ({info['status']}): {info['n_measurements']} complete measurements, nothing to analyse yet")
+        return {}
     results = {name: gamma_analysis(chains, name) for name, chains in samples.items()}
     n_sites, temperature = model_constants(info)
     results.update(derived_quantities(samples, results, n_sites, temperature))

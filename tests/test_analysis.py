@@ -180,6 +180,13 @@ def test_live_run_is_analysed_without_writing_the_group(tmp_path):
         assert "results" not in f
 
 
+def test_too_few_measurements_is_reported_not_raised(tmp_path, capsys):
+    write_run(tmp_path / "run", {"ms": np.zeros((2, 5))}, n_measurements=1)
+    assert analyze_run(tmp_path / "run") == {}
+    assert "nothing to analyse yet" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_missing_inputs_raise_input_error(tmp_path):
     with pytest.raises(InputError, match=str(tmp_path / "nope")):
         analyze_run(tmp_path / "nope")
