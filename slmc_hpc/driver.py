@@ -544,7 +544,10 @@ def _print_results(run_dir: Path) -> None:
     from slmc_hpc.analysis import analyze_run
 
     sys.stdout.flush()
-    analyze_run(run_dir)
+    try:
+        analyze_run(run_dir)
+    except (InputError, ValueError) as exc:  # e.g. too few measurements for the Γ-method; the data are intact
+        sys.stderr.write(f"slmc-hpc: no results table for {run_dir}: {exc}\n")
 
 
 def run_simulation(config: Config, force: bool = False) -> None:
