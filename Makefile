@@ -15,7 +15,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 export H5PY_ALWAYS_USE_MPI := 1
 
-.PHONY: install apt venv test test-fast test-cluster bench lint demo clean
+.PHONY: install apt venv test test-cluster bench scaling lint demo clean
 
 install: apt $(VENV)/.installed
 
@@ -51,6 +51,10 @@ test-cluster: install
 bench: install
 	$(PY) tools/bench_evaluators.py
 	$(PY) tools/bench_slmc.py
+
+# Weak and strong scaling over MPI rank counts (tools/scaling.py --help for a cluster's rank counts).
+scaling: install
+	$(PY) tools/scaling.py --repeat 3
 
 lint: install
 	$(PY) -m ruff check slmc_hpc tests tools

@@ -226,13 +226,20 @@ def export_csv(samples: dict[str, np.ndarray], path: Path) -> None:
                 writer.writerows((chain, k, name, repr(float(v))) for k, v in enumerate(row))
 
 
+#: pyerrors' Γ-method refuses replicas shorter than this.
+MIN_MEASUREMENTS = 5
+
+
 def analyze_run(run_dir: Path, csv: bool = False) -> dict:
     """Analyse run_dir/run.h5: print a table, write results.json and /results; returns {observable: stats}."""
     run_dir = Path(run_dir)
     path = run_file(run_dir)
     samples, info = read_samples(path)
-    if info["n_measurements"] < 2:  # e.g. still thermalising: not an error, nothing to report yet
-        print(f"{path} ({info['status']}): {info['n_measurements']} complete measurements, nothing to analyse yet")
+    if info["n_measurements"] < MIN_MEASUREMENTS:  # e.g. still thermalising: not an error, nothing to report yet
+        print(
+            f"{path} ({info['status']}): {info['n_measurements']} complete measurements; the Γ-method needs "
+            f"at least {MIN_MEASUREMENTS} per chain, nothing to analyse yet"
+        )
         return {}
     results = {name: gamma_analysis(chains, name) for name, chains in samples.items()}
     n_sites, temperature = model_constants(info)
