@@ -35,6 +35,7 @@ model:
 evaluator:
   kind: dense             # dense | cupy | slepc
   ranks_per_config: 1     # slepc: ranks that share one diagonalisation
+  options: {}             # solver settings: slepc {eps_type, ds_method, tol, petsc_options}, cupy {device}
 effective:
   kind: transformer       # linear | transformer
   n_J: 3                  # shells of the Heisenberg read-out
@@ -85,6 +86,7 @@ class ModelConfig:
 class EvaluatorConfig:
     kind: str
     ranks_per_config: int
+    options: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,23 @@ def _hoppings(path: str, value: Any) -> dict[int, float]:
     return out
 
 
+#: Solver settings each evaluator accepts under `evaluator.options` (passed to its constructor).
+EVALUATOR_OPTIONS: dict[str, dict[str, Callable[[str, Any], Any]]] = {}
+
+
+def _evaluator_options(path: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of solver settings, {_got(value)}")
+    return {_text(f"{path} key", key): item for key, item in value.items()}
+
+
+def _petsc_options(path: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of PETSc option names to values, {_got(value)}")
+    # PETSc takes option values as text; a flag without a value (null) is the empty string.
+    return {_text(f"{path} key", key): "" if item is None else str(item) for key, item in value.items()}
+
+
 def _choice(*options: str) -> Callable[[str, Any], str]:
     def check(path: str, value: Any) -> str:
         if _text(path, value) not in options:
@@ -240,7 +259,11 @@ RULES: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "mu": _number,
         "T": _bounded(_number, lambda v: v > 0, "> 0 for sampling (T = 0 is for evaluation only)"),
     },
-    "evaluator": {"kind": _choice(*EVALUATOR_KINDS), "ranks_per_config": _at_least(1)},
+    "evaluator": {
+        "kind": _choice(*EVALUATOR_KINDS),
+        "ranks_per_config": _at_least(1),
+        "options": _evaluator_options,
+    },
     "effective": {
         "kind": _choice(*EFFECTIVE_KINDS),
         "n_J": _at_least(1),
@@ -272,6 +295,16 @@ RULES: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     },
 }
 SEED_RULE = _at_least(0)
+EVALUATOR_OPTIONS.update(
+    dense={},
+    cupy={"device": _at_least(0)},
+    slepc={
+        "eps_type": _choice("krylovschur", "lapack", "scalapack"),
+        "ds_method": _bounded(_integer, lambda v: 0 <= v <= 2, "0, 1 or 2"),
+        "tol": _positive_number,
+        "petsc_options": _petsc_options,
+    },
+)
 
 
 def _check_combinations(cfg: Config) -> None:
@@ -282,6 +315,14 @@ def _check_combinations(cfg: Config) -> None:
             f"evaluator.ranks_per_config: must be 1 unless evaluator.kind is slepc "
             f"(only SLEPc shares one diagonalisation between ranks), got {ev.ranks_per_config} with kind {ev.kind}"
         )
+    allowed = EVALUATOR_OPTIONS[ev.kind]
+    for key, value in ev.options.items():
+        if key not in allowed:
+            expected = ", ".join(allowed) if allowed else "none"
+            raise ConfigError(
+                f"evaluator.options.{key}: not a setting of the {ev.kind} evaluator; expected one of: {expected}"
+            )
+        ev.options[key] = allowed[key](f"evaluator.options.{key}", value)
     load = cfg.effective.load
     if load is not None and not Path(load).is_file():
         raise ConfigError(f"effective.load: file not found: {_show(load)} (an earlier run's run.h5 was expected)")

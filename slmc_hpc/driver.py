@@ -160,7 +160,9 @@ class Run:
         self.phases = phases(config)
         self.model = build_model(config)
         kind = config.evaluator.kind
-        self.evaluator = make_evaluator(kind, self.model, comm=topo.group_comm if kind == "slepc" else None)
+        self.evaluator = make_evaluator(
+            kind, self.model, comm=topo.group_comm if kind == "slepc" else None, **config.evaluator.options
+        )
         self.effective = None
         self.learner = None
         if config.sampler.kind == "slmc":

@@ -8,6 +8,7 @@ This module imports neither MPI nor HDF5 so it can be used and tested alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 
 import numpy as np
 
@@ -35,11 +36,14 @@ class DoubleExchange:
         self.J, self.mu, self.T = float(J), float(mu), float(T)
         self.n_sites = self.lattice.n_sites
         self.n_orbitals = 2 * self.n_sites
-        self.hopping_matrix = self._hopping_matrix()
         self._diag = 2 * np.arange(self.n_sites)
 
-    def _hopping_matrix(self) -> np.ndarray:
-        """Spin-independent part: -Σ_n t_n Σ_{i,δ} c†_{i+δ,s} c_{i,s}, real [2N, 2N]."""
+    @cached_property
+    def hopping_matrix(self) -> np.ndarray:
+        """Spin-independent part: -Σ_n t_n Σ_{i,δ} c†_{i+δ,s} c_{i,s}, real [2N, 2N].
+
+        Built on first use only: the distributed (slepc) evaluator never needs it densely.
+        """
         site_hopping = np.zeros((self.n_sites, self.n_sites))
         for n, t in self.hoppings.items():
             # A_n[i, j] counts δ with i + δ = j; the element (j, i) gets -t per such δ.

@@ -50,6 +50,7 @@ DESIGN_DEFAULTS = {
     "output": {"dir": "runs/demo", "checkpoint_every": 300},
     "seed": 1234,
 }
+DESIGN_DEFAULTS["evaluator"]["options"] = {}  # added later: solver settings passed to the evaluator
 
 
 def test_defaults_are_design_section_7():
@@ -61,7 +62,7 @@ def test_defaults_are_design_section_7():
 @pytest.mark.skipif(not DESIGN.exists(), reason="DESIGN.md not next to the checkout")
 def test_defaults_match_the_yaml_block_in_design_md():
     block = re.search(r"## 7\..*?```yaml\n(.*?)```", DESIGN.read_text(), re.S).group(1)
-    documented = YAML(typ="safe").load(block)  # lacks training.max_samples (added later, default 20000)
+    documented = YAML(typ="safe").load(block)  # lacks training.max_samples and evaluator.options (added later)
     assert config_from_dict(documented) == default_config()
 
 
@@ -244,3 +245,14 @@ def test_parse_overrides_reads_yaml_values():
     }
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_overrides(["model.T"])
+
+
+def test_evaluator_options_are_checked_per_kind():
+    cfg = config_from_dict(
+        {"evaluator": {"kind": "slepc", "options": {"eps_type": "lapack", "petsc_options": {"eps_view": None}}}}
+    )
+    assert cfg.evaluator.options == {"eps_type": "lapack", "petsc_options": {"eps_view": ""}}
+    with pytest.raises(ConfigError, match=r"^evaluator.options.device: not a setting of the dense evaluator"):
+        config_from_dict({"evaluator": {"kind": "dense", "options": {"device": 0}}})
+    with pytest.raises(ConfigError, match=r"^evaluator.options.ds_method: must be 0, 1 or 2, got 5"):
+        config_from_dict({"evaluator": {"kind": "slepc", "options": {"ds_method": 5}}})
