@@ -291,7 +291,7 @@ class Run:
             self.runfile.flush()  # readers (status, analysis) see the new phase at once
             started = time.perf_counter()
             getattr(self, f"_phase_{name}")()
-            self.runfile.add_phase_seconds(name, time.perf_counter() - started)
+            self.runfile.add_seconds(name, time.perf_counter() - started)
             following = self.phases.index(name) + 1
             self.progress = Progress(
                 self.phases[following] if following < len(self.phases) else DONE,
@@ -316,8 +316,12 @@ class Run:
             self.learner.fit_initial()
 
         def round_():
+            trainer = self.learner.trainer
+            before = dict(trainer.seconds) if trainer is not None else {}
             result = self.learner.run_round(self.state)
             self.progress.rounds = self.learner.round
+            for part, seconds in before.items():  # optimizer steps and their allreduce, for tools/scaling.py
+                self.runfile.add_seconds(f"training_{part}", trainer.seconds[part] - seconds)
             return result.acceptance, {}
 
         self._loop("train", self.config.training.rounds, round_, measuring=False)

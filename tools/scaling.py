@@ -73,6 +73,38 @@ def run_point(config: Path, ranks: int, chains_per_rank: int, run_dir: Path, ove
     return {**point, **timing_summary(run_dir / "run.h5")}
 
 
+TRAINING_CONFIG = """\
+model: {lx: 6, ly: 6, hoppings: {1: 1.0}, J: 1.0, mu: 0.0, T: 0.05}
+effective: {kind: transformer, n_J: 3, n_layers: 2, n_att: 6}
+training: {warmup_sweeps: 10, rounds: 2, outer_steps_per_round: 20, steps_per_round: 200, batch_size: 64}
+sampler: {kind: slmc, chains_per_rank: 2, thermalization: 5, measurements: 10, measure_every: 1}
+output: {dir: runs/scaling/training, checkpoint_every: 3600}
+seed: 1234
+"""
+
+
+def training_allreduce_share(out: Path, ranks: int) -> dict:
+    """Share of the optimizer steps' wall time spent in the gradient allreduce, from a real training run.
+
+    The driver records rank 0's `seconds_training_step` and `seconds_training_allreduce` in run.h5; the
+    allreduce time includes waiting for the slowest rank, i.e. everything data parallelism costs.
+    """
+    config = out / "training.yaml"
+    config.write_text(TRAINING_CONFIG)
+    point = run_point(config, ranks, 2, out / f"training_{ranks}", [])
+    with h5py.File(out / f"training_{ranks}" / "run.h5", "r", locking=False) as f:
+        step, allreduce = float(f.attrs["seconds_training_step"]), float(f.attrs["seconds_training_allreduce"])
+        steps = len(f["training"]["loss"])
+    return {
+        "ranks": ranks,
+        "steps": steps,
+        "step_seconds": step,
+        "allreduce_seconds": allreduce,
+        "share": allreduce / step,
+        "wall": point["wall"],
+    }
+
+
 def timing_summary(path: Path) -> dict:
     """Slowest rank's production time and its parts, from /timing/<phase> [mpi_size, n_measurements]."""
     with h5py.File(path, "r", locking=False) as f:
@@ -145,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     parser.add_argument("--modes", nargs="+", default=["weak", "strong"], choices=["weak", "strong"])
     parser.add_argument("--repeat", type=int, default=1, help="runs per point; the fastest counts (less noise)")
+    parser.add_argument("--no-training", action="store_true", help="skip the allreduce share of a training step")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -167,15 +200,28 @@ def main(argv: list[str] | None = None) -> int:
         points = [min(runs[ranks], key=lambda p: p["time"]) for ranks in args.ranks]
         add_efficiency(points, mode)
         series[mode] = points
+    training = None
+    if not args.no_training:
+        print(f"training: {max(args.ranks)} ranks, 2-layer transformer on 6x6 ...", flush=True)
+        training = training_allreduce_share(out, max(args.ranks))
     load = os.getloadavg()
+    training_line = (
+        ""
+        if training is None
+        else f"\n\nTraining on {training['ranks']} ranks ({training['steps']} AdamW steps, 2-layer transformer, 6x6): "
+        f"the gradient allreduce takes {100 * training['share']:.2f}% of an optimizer step "
+        f"({1e3 * training['allreduce_seconds'] / training['steps']:.3f} ms of "
+        f"{1e3 * training['step_seconds'] / training['steps']:.2f} ms)."
+    )
     table = (
         markdown(series)
+        + training_line
         + f"\n\n{os.cpu_count()} cores; load average (1/5/15 min) after the runs: "
         + " ".join(f"{x:.1f}" for x in load)
     )
     print(table)
     (out / "scaling.md").write_text(table + "\n")
-    (out / "scaling.json").write_text(json.dumps(series, indent=2) + "\n")
+    (out / "scaling.json").write_text(json.dumps({**series, "training": training}, indent=2) + "\n")
     plot(series, out / "scaling.png")
     print(f"wrote {out / 'scaling.md'}, {out / 'scaling.json'}, {out / 'scaling.png'}")
     return 0

@@ -10,6 +10,7 @@ MPI goes through `slmc_hpc.parallel`; nothing here touches files.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,8 @@ class Trainer:
         )
         self.step_count = 0
         self.call_count = 0
+        #: Wall seconds spent in optimizer steps and, within them, in the gradient allreduce (for scaling).
+        self.seconds = {"step": 0.0, "allreduce": 0.0}
 
     # -- gradients ------------------------------------------------------------------------------
     def _local_sums(self, spins: np.ndarray, omega: np.ndarray) -> np.ndarray:
@@ -116,8 +119,12 @@ class Trainer:
         n_local = len(omega)
         losses = np.empty(steps)
         for k in range(steps):
+            started = time.perf_counter()
             batch = rng.choice(n_local, size=min(self.batch_size, n_local), replace=False) if n_local else []
-            sums = parallel.allreduce_sum(self.comm, self._local_sums(spins[batch], np.asarray(omega)[batch]))
+            local = self._local_sums(spins[batch], np.asarray(omega)[batch])
+            reducing = time.perf_counter()
+            sums = parallel.allreduce_sum(self.comm, local)
+            self.seconds["allreduce"] += time.perf_counter() - reducing
             count = sums[1]
             if count == 0:
                 raise TrainingError("no training data on any rank")
@@ -131,6 +138,7 @@ class Trainer:
                 self._fail(f"non-finite parameters after training step {self.step_count}: loss = {loss}")
             self.step_count += 1
             losses[k] = loss
+            self.seconds["step"] += time.perf_counter() - started
         self._synchronise()
         return losses
 

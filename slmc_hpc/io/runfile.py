@@ -145,9 +145,9 @@ class RunFile:
         for key, value in attrs.items():
             self.file.attrs[key] = value
 
-    def add_phase_seconds(self, phase: str, seconds: float) -> None:
-        """Accumulate rank 0's wall-clock seconds of a phase in the root attr `seconds_<phase>` (over resumes)."""
-        key = f"seconds_{phase}"
+    def add_seconds(self, key: str, seconds: float) -> None:
+        """Accumulate rank 0's wall-clock seconds in the root attr `seconds_<key>` (summed over resumes)."""
+        key = f"seconds_{key}"
         self.set_attrs(**{key: float(self.file.attrs.get(key, 0.0)) + float(seconds)})
 
     def append(self, samples: dict[str, np.ndarray] | None, timing: dict[str, np.ndarray], count: int) -> None:
