@@ -54,3 +54,21 @@ def broadcast_array(comm, array: np.ndarray, root: int = 0) -> np.ndarray:
     if comm is not None and comm.Get_size() > 1:
         comm.Bcast(array, root=root)
     return array
+
+
+def launcher_env(threads: int = 1, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for starting `mpirun` from Python (tests, benchmarks, scaling studies).
+
+    `threads` BLAS/OpenMP threads per rank (more threads than cores per rank make small eigensolvers
+    several times slower, and bit-for-bit results assume a fixed count); the MPI build of h5py; and,
+    as root on a small machine, the flags OpenMPI needs to run at all (harmless elsewhere).
+    """
+    import os
+
+    env = dict(os.environ if base is None else base)
+    env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    env["H5PY_ALWAYS_USE_MPI"] = "1"
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    return env

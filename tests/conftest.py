@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from slmc_hpc.parallel import launcher_env
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -15,17 +16,7 @@ REFERENCE = REPO.parent / "shared" / "reference"
 
 def mpi_env(threads: int = 1) -> dict[str, str]:
     """Environment for mpirun as root on a small machine, one BLAS thread per rank."""
-    env = dict(os.environ)
-    env.update(
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
-        H5PY_ALWAYS_USE_MPI="1",
-        OMP_NUM_THREADS=str(threads),
-        OPENBLAS_NUM_THREADS=str(threads),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return {**launcher_env(threads), "PYTHONUNBUFFERED": "1"}
 
 
 def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, cwd=None) -> subprocess.CompletedProcess:

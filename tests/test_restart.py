@@ -23,7 +23,8 @@ from tests.conftest import mpi_env, mpirun
 from tests.test_run import SLMC, _merge, digest, read_samples, run_cli, write_config
 
 EXACT = {"sampler": {"measurements": 300}}
-SLMC_LONG = _merge(SLMC, {"training": {"rounds": 20, "outer_steps_per_round": 10}, "sampler": {"measurements": 1000}})
+# Training long enough (about a second) that a SIGTERM sent once it starts lands inside it.
+SLMC_LONG = _merge(SLMC, {"training": {"rounds": 60, "outer_steps_per_round": 10}, "sampler": {"measurements": 1000}})
 OFTEN = {"output": {"checkpoint_every": 0.4}}  # seconds; it does not change the samples
 
 

@@ -159,13 +159,9 @@ def slepc_worker(sizes: list[int], configs: int) -> None:
 
 def run_slepc_workers(sizes: list[int], configs: int, ranks: int = 2) -> list[dict]:
     """Start `mpirun -n ranks` on this script in worker mode, one thread per rank; collect its results."""
-    env = dict(os.environ)
-    env.update(
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
-        **{name: "1" for name in THREAD_VARIABLES},
-    )
+    from slmc_hpc.parallel import launcher_env  # not at the top: thread variables must be set before numpy loads
+
+    env = {**launcher_env(threads=1), **{name: "1" for name in THREAD_VARIABLES}}
     command = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpi4py", os.path.abspath(__file__), "--slepc-worker"]
     command += ["--configs", str(configs), "--sizes", *map(str, sizes)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)

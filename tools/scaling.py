@@ -32,6 +32,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from slmc_hpc.parallel import launcher_env
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = """\
 model: {lx: 6, ly: 6, hoppings: {1: 1.0}, J: 1.0, mu: 0.0, T: 0.05}
@@ -44,11 +46,7 @@ seed: 1234
 
 def mpi_env() -> dict[str, str]:
     """One BLAS thread per rank; as root on a small machine OpenMPI needs the allow/oversubscribe flags."""
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", H5PY_ALWAYS_USE_MPI="1")
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    env = launcher_env(threads=1)
     # Waiting ranks yield the core instead of spinning, so CPU time counts work, not polling.
     env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     return env

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from slmc_hpc.errors import InputError
+from slmc_hpc.io.runfile import plain_value
 
 CHECKPOINT_FORMAT = "slmc_hpc checkpoint"
 FORMAT_VERSION = 1
@@ -148,7 +149,7 @@ def _read(f: h5py.File, path: Path, n_chains: int | None, rows: range | None, ra
         config_sha256=_text(attrs["config_sha256"]),
         mpi_size=int(attrs["mpi_size"]),
         n_chains=stored_chains,
-        counters={key: _scalar(value) for key, value in f["counters"].attrs.items()},
+        counters={key: plain_value(value) for key, value in f["counters"].attrs.items()},
         chains=chains,
         rng_states=rng_states,
         parameters={name: ds[()] for name, ds in f["parameters"].items()},
@@ -167,18 +168,10 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _scalar(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def checkpoint_summary(path: str | Path) -> dict | None:
     """When the checkpoint was written (unix `time`) and its counters, or None if it cannot be read."""
     try:
         with h5py.File(path, "r", locking=False) as f:
-            return {"time": float(f.attrs["time"]), **{k: _scalar(v) for k, v in f["counters"].attrs.items()}}
+            return {"time": float(f.attrs["time"]), **{k: plain_value(v) for k, v in f["counters"].attrs.items()}}
     except (OSError, KeyError):
         return None

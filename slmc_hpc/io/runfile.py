@@ -193,7 +193,7 @@ class RunFile:
 def read_run_summary(path: str | Path, recent: int = 10) -> dict:
     """Root attrs, measurement count and recent mean acceptance of a (possibly running) run file."""
     with h5py.File(path, "r", locking=False) as f:
-        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+        attrs = {key: plain_value(value) for key, value in f.attrs.items()}
         n = int(f["samples"].attrs.get("n_measurements", 0)) if "samples" in f else 0
         acceptance = None
         if n > 0:
@@ -203,7 +203,8 @@ def read_run_summary(path: str | Path, recent: int = 10) -> dict:
     return {"attrs": attrs, "n_measurements": n, "recent_acceptance": acceptance, "training": training}
 
 
-def _plain(value):
+def plain_value(value):
+    """An HDF5 attribute as a plain Python value (bytes -> str, numpy scalar -> int/float/bool)."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.generic):
