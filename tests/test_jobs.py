@@ -136,7 +136,8 @@ def test_pbs_script_checkpoints_before_walltime_and_resubmits(tmp_path):
     """The PBS script body under bash: walltime 20 s, timer 12 s before it, qsub recorded then 'run'."""
     if shutil.which("mpiexec") is None:
         pytest.skip("mpiexec (OpenMPI) not installed")
-    measurements = 1000
+    # About 15 s of sampling on an idle machine, so the timer (8 s after the start) always lands inside the run.
+    measurements = 3000
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     (job_dir / "job.yaml").write_text(tiny_config(measurements))

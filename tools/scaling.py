@@ -93,7 +93,10 @@ def training_allreduce_share(out: Path, ranks: int) -> dict:
     with h5py.File(out / f"training_{ranks}" / "run.h5", "r", locking=False) as f:
         step, allreduce = float(f.attrs["seconds_training_step"]), float(f.attrs["seconds_training_allreduce"])
         steps = len(f["training"]["loss"])
+        n_gradient = sum(f["model"][name].size for name in f["model"] if isinstance(f["model"][name], h5py.Dataset))
+    latency = allreduce_latency(ranks, n_gradient + 2)  # the Trainer reduces [loss sum, count, gradient]
     return {
+        "communication_seconds": latency,
         "ranks": ranks,
         "steps": steps,
         "step_seconds": step,
@@ -101,6 +104,29 @@ def training_allreduce_share(out: Path, ranks: int) -> dict:
         "share": allreduce / step,
         "wall": point["wall"],
     }
+
+
+ALLREDUCE_PROBE = """
+import time, numpy as np
+from mpi4py import MPI
+comm, x = MPI.COMM_WORLD, np.random.default_rng(0).random({size})
+y, times = np.empty_like(x), []
+for _ in range(2000):
+    comm.Barrier()
+    start = time.perf_counter()
+    comm.Allreduce(x, y, op=MPI.SUM)
+    times.append(time.perf_counter() - start)
+if comm.rank == 0:
+    print(np.median(times))
+"""
+
+
+def allreduce_latency(ranks: int, size: int) -> float:
+    """Median seconds of one Allreduce of `size` doubles right after a barrier: communication without waiting."""
+    code = ALLREDUCE_PROBE.format(size=size)
+    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-c", code]
+    proc = subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, check=True)
+    return float(proc.stdout.split()[-1])
 
 
 def timing_summary(path: Path) -> dict:
@@ -209,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         else f"\n\nTraining on {training['ranks']} ranks ({training['steps']} AdamW steps, 2-layer transformer, 6x6): "
         f"the gradient allreduce takes {100 * training['share']:.2f}% of an optimizer step "
         f"({1e3 * training['allreduce_seconds'] / training['steps']:.3f} ms of "
-        f"{1e3 * training['step_seconds'] / training['steps']:.2f} ms)."
+        f"{1e3 * training['step_seconds'] / training['steps']:.2f} ms), waiting for the slowest rank included; "
+        f"the communication alone (an allreduce of the gradient right after a barrier) takes "
+        f"{1e6 * training['communication_seconds']:.1f} µs, "
+        f"{100 * training['communication_seconds'] * training['steps'] / training['step_seconds']:.2f}% of a step."
     )
     table = (
         markdown(series)
