@@ -155,10 +155,11 @@ def _report_input_error(exc: InputError) -> int:
     """One message from rank 0, exit status 2. MPI is not initialised for this.
 
     Config errors are found before MPI starts, on every rank alike. If MPI is already running (bad
-    input found later, e.g. by the driver), some ranks may be waiting in a collective: abort the job.
+    input found later, e.g. by the driver), some ranks may be waiting in a collective: abort the job,
+    unless every rank raised the error together (`exc.collective`).
     """
     rank, size = _rank_size(initialise=False)
-    if _mpi_already_initialised() and size > 1:
+    if _mpi_already_initialised() and size > 1 and not exc.collective:
         if rank != 0:
             time.sleep(ABORT_GRACE_S)
         sys.stderr.write(f"{PROG}: error{f' (rank {rank})' if rank else ''}: {exc}\n")

@@ -122,7 +122,9 @@ def _collective(comm, rank: int, function, *args):
             error = str(exc)
     result, error = broadcast(comm, (result, error))
     if error is not None:
-        raise InputError(error)
+        exc = InputError(error)
+        exc.collective = True
+        raise exc
     return result
 
 

@@ -4,6 +4,9 @@
 class InputError(Exception):
     """Bad user input: a config, a checkpoint or a run directory. Nothing was written."""
 
+    #: True when every MPI rank raised it together, so the CLI can exit cleanly instead of aborting the job.
+    collective = False
+
 
 class ConfigError(InputError):
     """A configuration value is wrong; the message names the key path, the value and the expectation."""
