@@ -22,6 +22,7 @@ import pyerrors as pe
 from ruamel.yaml import YAML
 
 from slmc_hpc.errors import InputError
+from slmc_hpc.io.runfile import plain_value
 
 #: Scalar observables in /samples, one value per chain and measurement (CONTRIBUTING.md).
 SCALAR_OBSERVABLES = ("omega", "m", "ms", "nn", "density", "electron_energy", "acceptance")
@@ -67,29 +68,25 @@ def _read_samples(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         names = [n for n in SCALAR_OBSERVABLES if n in group]
         names += sorted(n for n in group if n not in names and group[n].ndim == 2)
         samples = {name: np.asarray(group[name][:, :n_meas], dtype=np.float64) for name in names}
+        config_yaml = str(plain_value(f.attrs.get("config_yaml", "")))
         info = {
-            "status": _text(f.attrs.get("status", "unknown")),
-            "config_yaml": _text(f.attrs.get("config_yaml", "")),
+            "status": str(plain_value(f.attrs.get("status", "unknown"))),
+            "config_yaml": config_yaml,
+            "config": YAML(typ="safe").load(config_yaml or "{}") or {},  # parsed once, for analysis and plots
             "n_measurements": n_meas,
             "sq_shape": group["sq"].shape[2:] if "sq" in group else None,
         }
     return samples, info
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def model_constants(info: dict) -> tuple[int | None, float | None]:
     """(number of sites N, temperature T) from the run's resolved config; None where unknown."""
     n_sites = temperature = None
-    if info.get("config_yaml"):
-        config = YAML(typ="safe").load(info["config_yaml"]) or {}
-        model = config.get("model", {})
-        if "lx" in model and "ly" in model:
-            n_sites = int(model["lx"]) * int(model["ly"])
-        if model.get("T") is not None:
-            temperature = float(model["T"])
+    model = info.get("config", {}).get("model", {})
+    if "lx" in model and "ly" in model:
+        n_sites = int(model["lx"]) * int(model["ly"])
+    if model.get("T") is not None:
+        temperature = float(model["T"])
     if n_sites is None and info.get("sq_shape"):
         n_sites = int(np.prod(info["sq_shape"]))
     return n_sites, temperature

@@ -64,11 +64,6 @@ def _run_dir(path: str) -> Path:
     return run_dir
 
 
-def _print_result(result: object) -> None:
-    if isinstance(result, str):
-        print(result)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)  # validated before anything touches the disk or MPI
     from slmc_hpc.driver import run_simulation
@@ -89,7 +84,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args.run_dir)
     from slmc_hpc.analysis import analyze_run
 
-    _print_result(analyze_run(run_dir, csv=args.csv))
+    analyze_run(run_dir, csv=args.csv)  # prints its table
     return 0
 
 
@@ -97,7 +92,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args.run_dir)
     from slmc_hpc.plots import plot_run
 
-    _print_result(plot_run(run_dir))
+    plot_run(run_dir)  # prints the files it wrote
     return 0
 
 

@@ -14,7 +14,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from ruamel.yaml import YAML  # noqa: E402
 
 from slmc_hpc.analysis import analyze_run, gamma_analysis, read_samples, run_file  # noqa: E402
 
@@ -50,8 +49,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _measure_unit(config_yaml: str) -> str:
-    config = YAML(typ="safe").load(config_yaml or "{}") or {}
+def _measure_unit(config: dict) -> str:
     sampler = config.get("sampler", {})
     step = "outer steps" if sampler.get("kind", "slmc") == "slmc" else "sweeps"
     return f"measurement (every {sampler.get('measure_every', 1)} {step})"
@@ -69,7 +67,7 @@ def plot_time_series(samples: dict[str, np.ndarray], info: dict, path: Path) -> 
         ax.set_ylabel(LABELS.get(name, name))
     axes[0].legend(fontsize=7, loc="best")
     for ax in axes[-2:]:  # the bottom panel of each column (shared x axes hide the others' labels)
-        ax.set_xlabel(_measure_unit(info["config_yaml"]))
+        ax.set_xlabel(_measure_unit(info["config"]))
         ax.xaxis.set_tick_params(labelbottom=True)
     fig.suptitle(
         f"time series ({info['status']}, {info['n_measurements']} measurements); thermalisation not stored:\n"
@@ -179,8 +177,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         written.append(plot_structure_factor(sq, out / "structure_factor.png"))
     training = read_training(path)
     if training:
-        config = YAML(typ="safe").load(info["config_yaml"] or "{}") or {}
-        steps = config.get("training", {}).get("steps_per_round")
+        steps = info["config"].get("training", {}).get("steps_per_round")
         written.append(plot_training(training, out / "training.png", steps))
     for png in written:
         print(f"wrote {png}")
@@ -191,8 +188,7 @@ def scan_results(run_dir: Path) -> tuple[float, dict]:
     """(T, results) of one run of a scan; analyses the run first if it has no results.json yet."""
     run_dir = Path(run_dir)
     _, info = read_samples(run_file(run_dir))
-    config = YAML(typ="safe").load(info["config_yaml"] or "{}") or {}
-    temperature = float(config.get("model", {}).get("T", np.nan))
+    temperature = float(info["config"].get("model", {}).get("T", np.nan))
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else analyze_run(run_dir)
     return temperature, results

@@ -140,13 +140,13 @@ def _read(f: h5py.File, path: Path, n_chains: int | None, rows: range | None, ra
         raise InputError(f"{path}: checkpoint holds {stored_chains} chains, this run has {n_chains}")
     select = slice(None) if rows is None else slice(rows.start, rows.stop)
     chains = {name: ds[select] for name, ds in f["chains"].items() if name != "rng"}
-    rng_states = [s.decode() if isinstance(s, bytes) else s for s in f["chains"]["rng"][select]]
+    rng_states = [plain_value(s) for s in f["chains"]["rng"][select]]
     rank_blobs = []
     if rank is not None and str(rank) in f["ranks"]:
         rank_blobs = [_read_blobs(f["ranks"][str(rank)])]
     return Checkpoint(
-        config_yaml=_text(attrs["config_yaml"]),
-        config_sha256=_text(attrs["config_sha256"]),
+        config_yaml=str(plain_value(attrs["config_yaml"])),
+        config_sha256=str(plain_value(attrs["config_sha256"])),
         mpi_size=int(attrs["mpi_size"]),
         n_chains=stored_chains,
         counters={key: plain_value(value) for key, value in f["counters"].attrs.items()},
@@ -162,10 +162,6 @@ def _read(f: h5py.File, path: Path, n_chains: int | None, rows: range | None, ra
 
 def _read_blobs(group: h5py.Group) -> dict[str, bytes]:
     return {name: ds[()].tobytes() for name, ds in group.items()}
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def checkpoint_summary(path: str | Path) -> dict | None:
