@@ -55,6 +55,7 @@ sampler:
   kind: slmc              # exact | slmc
   chains_per_rank: 8
   inner_sweeps: 1         # slmc: inner sweeps (N proposals each) per outer step
+  inner_block: 0          # slmc + transformer: moves per sub-chain under the fitted linear proposal (0: none)
   thermalization: 100     # outer steps (slmc) or sweeps (exact) before measuring
   measurements: 1000
   measure_every: 1
@@ -115,6 +116,7 @@ class SamplerConfig:
     kind: str
     chains_per_rank: int
     inner_sweeps: int
+    inner_block: int
     thermalization: int
     measurements: int
     measure_every: int
@@ -285,6 +287,7 @@ RULES: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "kind": _choice(*SAMPLER_KINDS),
         "chains_per_rank": _at_least(1),
         "inner_sweeps": _at_least(1),
+        "inner_block": _at_least(0),
         "thermalization": _at_least(0),
         "measurements": _at_least(1),
         "measure_every": _at_least(1),

@@ -274,6 +274,7 @@ class Run:
             comm=self.topo.comm,
             seed=self.config.seed,
             inner_sweeps=self.config.sampler.inner_sweeps,
+            inner_block=self.config.sampler.inner_block,
         )
         if ckpt is not None:
             state = {
@@ -338,6 +339,15 @@ class Run:
             del self.runfile.file["model"]
         write_model(self.runfile.file.create_group("model"), self.effective, self._history_arrays(), frozen=True)
         self.runfile.flush()
+        s = self.config.sampler
+        if s.kind == "slmc" and s.inner_block > 0 and getattr(self.effective, "proposal", False) is None:
+            if self.topo.rank == 0:
+                print(
+                    f"slmc-hpc: sampler.inner_block = {s.inner_block} is not used: the model of effective.load "
+                    "has no proposal model for this lattice, so every inner move is evaluated with H_eff",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _phase_thermalize(self) -> None:
         self._loop("thermalize", self.config.sampler.thermalization, self._sampler_step(), measuring=False)
@@ -351,7 +361,8 @@ class Run:
         if self.config.sampler.kind == "exact":
             step = ExactLocalSampler(self.evaluator).sweep
         else:
-            step = SLMCSampler(self.evaluator, self.effective, self.config.sampler.inner_sweeps).step
+            s = self.config.sampler
+            step = SLMCSampler(self.evaluator, self.effective, s.inner_sweeps, s.inner_block).step
 
         def run_step():
             info = step(self.state)

@@ -58,6 +58,17 @@ class Lattice:
     def site(self, x: np.ndarray | int, y: np.ndarray | int) -> np.ndarray | int:
         return (np.asarray(x) % self.lx) + self.lx * (np.asarray(y) % self.ly)
 
+    @cached_property
+    def n_distance_shells(self) -> int:
+        """Shells up to the largest minimal-image distance: every pair distance of the torus (and aliases)."""
+        limit = (self.lx // 2) ** 2 + (self.ly // 2) ** 2
+        count = 1
+        while True:
+            dx, dy = shell_vectors(count + 1)[count + 1][0]
+            if dx * dx + dy * dy > limit:
+                return count
+            count += 1
+
     def shell(self, n: int) -> list[tuple[int, int]]:
         """The vectors of shell D_n (n = 0 is the site itself)."""
         return shell_vectors(n)[n]

@@ -51,6 +51,7 @@ DESIGN_DEFAULTS = {
     "seed": 1234,
 }
 DESIGN_DEFAULTS["evaluator"]["options"] = {}  # added later: solver settings passed to the evaluator
+DESIGN_DEFAULTS["sampler"]["inner_block"] = 0  # added later: the nested inner chain (0: off)
 
 
 def test_defaults_are_design_section_7():

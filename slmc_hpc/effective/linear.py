@@ -35,7 +35,7 @@ class LinearModel:
         self.lattice, self.n_J, self.n_sites = lattice, n_J, lattice.n_sites
         self.neighbor_tables = [lattice.neighbors(n) for n in range(1, n_J + 1)]
         # All shells side by side, for the local field of delta_energy; `shell_of_column` maps a column to J_n.
-        self._all_neighbors = np.concatenate(self.neighbor_tables, axis=1)
+        self._all_neighbors = np.ascontiguousarray(np.concatenate(self.neighbor_tables, axis=1))
         self._shell_of_column = np.concatenate([np.full(t.shape[1], k) for k, t in enumerate(self.neighbor_tables)])
         # A_n[i, i]: vectors of D_n that alias to the site itself (small lattices); they enter ΔH quadratically.
         self._self_counts = np.stack(
@@ -71,6 +71,21 @@ class LinearModel:
         neighbours = spins[rows[:, None], self._all_neighbors[sites]]  # [B, Z, 3]
         field = (neighbours * self._column_weights[:, None]).sum(axis=1)
         return -((step * field).sum(axis=1) + 0.5 * self._self_weights[sites] * (step * step).sum(axis=1))
+
+    def field_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(neighbours [N, Z], column weights J_n [Z], self weights c_k [N]): the local field of ΔH."""
+        return self._all_neighbors, self._column_weights, self._self_weights
+
+    def metropolis_chain(
+        self, spins: np.ndarray, sites, dirs, uniforms, temperature: float, start: int = 0, stop: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Moves `start:stop` of a Metropolis chain under exp(-H_eff/T), compiled, in place on `spins`.
+
+        Returns (ΔH of the chain [B], accepted moves [B]); see `samplers.heisenberg_chain`.
+        """
+        from slmc_hpc.samplers.heisenberg_chain import heisenberg_metropolis
+
+        return heisenberg_metropolis(spins, sites, dirs, uniforms, self.field_tables(), temperature, start, stop)
 
     def parameters(self) -> dict[str, np.ndarray]:
         return {"e0": np.array(self.e0), "couplings": self.couplings.copy()}

@@ -287,16 +287,26 @@ class SelfLearning:
     Explicit state (`state_dict`): this rank's data, the round index, the histories and the
     trainer (rank 0's copy is the one to store; `load_state_dict` broadcasts it). No file I/O.
     The linear model is refitted on all data every round (its fit is exact); the transformer
-    takes `steps_per_round` AdamW steps, after which its read-out (E_0, J_n) is refitted exactly.
+    takes `steps_per_round` AdamW steps, after which its read-out (E_0, J_n) is refitted exactly,
+    and then its proposal model (for the nested inner chain) is refitted to the new H_eff.
 
     >>> learner = SelfLearning(effective, evaluator, config.training, comm, seed, inner_sweeps)
     >>> learner.warmup(state, config.training.warmup_sweeps); learner.fit_initial()
     >>> for _ in range(config.training.rounds): result = learner.run_round(state)
     """
 
-    def __init__(self, effective, evaluator, training_config, comm=None, seed: int = 0, inner_sweeps: int = 1):
+    def __init__(
+        self,
+        effective,
+        evaluator,
+        training_config,
+        comm=None,
+        seed: int = 0,
+        inner_sweeps: int = 1,
+        inner_block: int = 0,
+    ):
         self.effective, self.evaluator, self.config, self.comm = effective, evaluator, training_config, comm
-        self.inner_sweeps = int(inner_sweeps)
+        self.inner_sweeps, self.inner_block = int(inner_sweeps), int(inner_block)
         n_sites = evaluator.model.n_sites
         self.data = TrainingData(n_sites, getattr(training_config, "max_samples", None))
         self.trainer = None
@@ -325,14 +335,22 @@ class SelfLearning:
 
     def fit_initial(self) -> float:
         """Linear least-squares fit of E_0, J_n on all ranks' data (the transformer's read-out); global loss."""
-        return fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
+        loss = fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
+        self._fit_proposal()
+        return loss
+
+    def _fit_proposal(self) -> None:
+        """Refit the nested inner chain's proposal to the current H_eff (models that have one)."""
+        if hasattr(self.effective, "fit_proposal"):
+            self.effective.fit_proposal(self.data.arrays()[0], comm=self.comm)
 
     def run_round(self, state) -> RoundResult:
         """`outer_steps_per_round` SLMC steps under the current model, store every exactly evaluated
         configuration (accepted or not), then train; the parameters change only between the steps."""
         from slmc_hpc.samplers import SLMCSampler
 
-        sampler, accepted = SLMCSampler(self.evaluator, self.effective, self.inner_sweeps), []
+        sampler = SLMCSampler(self.evaluator, self.effective, self.inner_sweeps, self.inner_block)
+        accepted = []
         for _ in range(int(self.config.outer_steps_per_round)):
             info = sampler.step(state)
             self.data.append(info.proposed_spins, info.proposed_omega)
@@ -344,6 +362,7 @@ class SelfLearning:
         # The read-out is linear in E_0, J_n: solve it exactly (for the transformer: for the trained
         # attention; this also removes the optimizer's noise on the small couplings).
         data_loss = fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
+        self._fit_proposal()
         n_samples = self._global_samples()
         self.round += 1
         self.history["loss"].extend(losses.tolist())

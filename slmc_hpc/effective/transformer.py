@@ -24,6 +24,9 @@ import torch
 
 from slmc_hpc.lattice import Lattice
 
+#: Configurations per forward pass when H_eff is evaluated on a whole data set ([B, N, N] per layer).
+CHUNK = 256
+
 #: W^Q, W^K start small but non-zero (ReLU at exactly zero passes no gradient); W^V starts at zero.
 INIT_SCALE = 0.1
 INIT_SEED = 20240807
@@ -97,6 +100,9 @@ class TransformerModel:
         self._parameters = list(self.module.parameters())  # updated in place only (copy_, optimizer steps)
         self._cache_key: tuple | None = None
         self._cache: tuple | None = None
+        #: Linear model over every distance shell, fitted to this H_eff (`fit_proposal`): the cheap
+        #: proposal of the nested inner chain (`SLMCSampler(inner_block > 0)`). Not part of H_eff.
+        self.proposal = None
 
     # -- inference ------------------------------------------------------------------------------
     def _inference_matrices(self) -> tuple:
@@ -123,6 +129,28 @@ class TransformerModel:
             energy = self.energy(spins)
         return self.energy(after) - energy
 
+    def energy_chunked(self, spins: np.ndarray) -> np.ndarray:
+        """`energy` of many configurations, CHUNK at a time (bitwise the same: rows are independent)."""
+        if len(spins) == 0:
+            return np.zeros(0)
+        return np.concatenate([self.energy(spins[k : k + CHUNK]) for k in range(0, len(spins), CHUNK)])
+
+    def fit_proposal(self, spins: np.ndarray, comm=None) -> float:
+        """Fit the proposal model (Heisenberg couplings over all distance shells) to this H_eff on `spins`.
+
+        The nested inner chain moves under the proposal and corrects every sub-chain with H_eff, so
+        the closer the fit, the more sub-chains survive; exactness never depends on it. The normal
+        equations are summed over the ranks of `comm`, so every rank gets the same couplings.
+        Returns the global mean of ((H_eff - H_proposal)/N)².
+        """
+        from slmc_hpc.effective.linear import LinearModel
+        from slmc_hpc.effective.training import fit_linear
+
+        proposal = LinearModel(self.lattice, self.lattice.n_distance_shells)
+        loss = fit_linear(proposal, spins, self.energy_chunked(spins), comm=comm)
+        self.proposal = proposal
+        return loss
+
     def effective_spins(self, spins: np.ndarray) -> np.ndarray:
         """S^(L) [B, N, 3] (equivariant under global O(3) and lattice translations)."""
         mixers, _ = self._inference_matrices()
@@ -137,15 +165,33 @@ class TransformerModel:
         return heisenberg_features(self.effective_spins(spins), tables)
 
     # -- parameters -----------------------------------------------------------------------------
+    #: Stored with the parameters once `fit_proposal` ran (checkpoint, /model), optional when reading.
+    OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings")
+
     def parameters(self) -> dict[str, np.ndarray]:
-        return {name: p.detach().numpy().copy() for name, p in self.module.named_parameters()}
+        """The network's parameters, plus the fitted proposal model's as `proposal_e0`, `proposal_couplings`."""
+        parameters = {name: p.detach().numpy().copy() for name, p in self.module.named_parameters()}
+        if self.proposal is not None:
+            parameters.update({f"proposal_{name}": value for name, value in self.proposal.parameters().items()})
+        return parameters
 
     def set_parameters(self, parameters: dict[str, np.ndarray]) -> None:
+        """Every network parameter must be given; the proposal only if present (and made for this lattice)."""
         with torch.no_grad():
             for name, p in self.module.named_parameters():
                 p.copy_(torch.as_tensor(np.asarray(parameters[name], dtype=np.float64)).reshape(p.shape))
+        if "proposal_couplings" in parameters:
+            from slmc_hpc.effective.linear import LinearModel
+
+            couplings = np.asarray(parameters["proposal_couplings"], dtype=np.float64)
+            if couplings.shape == (self.lattice.n_distance_shells,):
+                self.proposal = LinearModel(self.lattice, self.lattice.n_distance_shells)
+                self.proposal.set_parameters({"e0": parameters["proposal_e0"], "couplings": couplings})
+            else:  # fitted on another lattice (effective.load): refit or run without it
+                self.proposal = None
 
     def n_parameters(self) -> int:
+        """Parameters of H_eff (the network); the proposal model is a sampling aid, not counted."""
         return sum(p.numel() for p in self.module.parameters())
 
     def set_readout(self, e0: float, couplings: np.ndarray) -> None:

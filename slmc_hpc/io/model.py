@@ -64,6 +64,9 @@ def read_model(group: h5py.Group, lattice: Lattice):
                 f"{group.file.filename}:{group.name}/{name}: expected a parameter of shape {value.shape}, found {found}"
             )
         parameters[name] = group[name][()]
+    for name in getattr(model, "OPTIONAL_PARAMETERS", ()):
+        if name in group:
+            parameters[name] = group[name][()]
     model.set_parameters(parameters)
     history = {name: ds[()] for name, ds in group[HISTORY].items()} if HISTORY in group else {}
     return model, history

@@ -36,7 +36,8 @@ class StepInfo:
     proposed_spins: np.ndarray  # [B, N, 3] exactly evaluated configurations (training data)
     proposed_omega: np.ndarray  # [B] their Ω
     timings: dict[str, float] = field(default_factory=dict)
-    inner_acceptance: np.ndarray | None = None  # [B] SLMC inner-chain acceptance
+    inner_acceptance: np.ndarray | None = None  # [B] SLMC: fraction of inner moves kept
+    block_acceptance: np.ndarray | None = None  # [B] SLMC nested inner chain: fraction of sub-chains accepted
 
 
 def init_chains(evaluator, seed: int, chains) -> ChainState:
