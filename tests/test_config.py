@@ -149,6 +149,7 @@ BAD = [
     ({"sampler": {"kind": "hmc"}}, "sampler.kind", ["exact | slmc", "'hmc'"]),
     ({"sampler": {"chains_per_rank": 0}}, "sampler.chains_per_rank", [">= 1", "got 0"]),
     ({"sampler": {"inner_sweeps": 0}}, "sampler.inner_sweeps", [">= 1", "got 0"]),
+    ({"sampler": {"inner_block": -1}}, "sampler.inner_block", [">= 0", "got -1"]),
     ({"sampler": {"thermalization": -1}}, "sampler.thermalization", [">= 0", "got -1"]),
     ({"sampler": {"measurements": 0}}, "sampler.measurements", [">= 1", "got 0"]),
     ({"sampler": {"measure_every": 0}}, "sampler.measure_every", [">= 1", "got 0"]),

@@ -25,6 +25,15 @@ from tests.test_run import SLMC, _merge, digest, read_samples, run_cli, write_co
 EXACT = {"sampler": {"measurements": 300}}
 # Training long enough (about a second) that a SIGTERM sent once it starts lands inside it.
 SLMC_LONG = _merge(SLMC, {"training": {"rounds": 60, "outer_steps_per_round": 10}, "sampler": {"measurements": 1000}})
+# Transformer SLMC with the nested inner chain: the proposal model must survive the checkpoint too.
+SLMC_NESTED = _merge(
+    SLMC,
+    {
+        "effective": {"kind": "transformer", "n_J": 2, "n_layers": 1, "n_att": 2},
+        "training": {"steps_per_round": 20},
+        "sampler": {"inner_sweeps": 2, "inner_block": 4, "measurements": 3000},
+    },
+)
 OFTEN = {"output": {"checkpoint_every": 0.4}}  # seconds; it does not change the samples
 
 
@@ -171,6 +180,23 @@ def test_sigterm_in_training_sigkill_in_production_resume_bitwise_identical(tmp_
         assert np.array_equal(f["model"]["couplings"][()], g["model"]["couplings"][()])
         for name in ("round_loss", "round_acceptance", "round_samples"):
             assert np.array_equal(f["training"][name][()], g["training"][name][()]), name
+
+
+def test_nested_transformer_sigterm_in_production_resume_bitwise_identical(tmp_path):
+    reference = tmp_path / "reference"
+    run_cli(2, write_config(tmp_path, "reference", **SLMC_NESTED))
+    config = write_config(tmp_path, "run", **_merge(SLMC_NESTED, OFTEN))
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = launch(2, config, log)
+    wait_for_phase(proc, run_dir, "production", log, measurements=20)
+    assert interrupt(proc, signal.SIGTERM) == 0, log.read_text()
+    assert checkpoint_counters(run_dir)["measurements"] < 3000
+    run_cli(2, config)
+    assert_same_samples(run_dir, reference)
+    with h5py.File(run_dir / "run.h5", "r") as f, h5py.File(reference / "run.h5", "r") as g:
+        proposal = f["model"]["proposal_couplings"][()]
+        assert proposal.shape == (5,) and np.any(proposal != 0)  # 4x4: 5 distance shells
+        assert np.array_equal(proposal, g["model"]["proposal_couplings"][()])
 
 
 def test_one_rank_and_two_ranks_give_identical_chains(tmp_path, exact_reference):

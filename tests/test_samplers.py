@@ -107,3 +107,58 @@ def test_exact_mc_same_histories_on_one_and_two_ranks(tmp_path):
     a, b = np.load(one), np.load(two)
     assert a.shape == (4, 3, 16, 3)
     assert np.array_equal(a, b), "chain histories differ between 1 and 2 ranks"
+
+
+def test_compiled_linear_chain_equals_the_plain_chain():
+    """The linear model's compiled chain makes the same moves as the per-proposal numpy chain."""
+    from slmc_hpc.effective.linear import LinearModel
+    from slmc_hpc.samplers.chains import draw_proposals
+
+    model = DoubleExchange(lx=6, ly=6, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.05)
+    linear = LinearModel(model.lattice, n_J=model.lattice.n_distance_shells)  # aliases onto the site itself
+    linear.set_readout(0.3, np.random.default_rng(1).normal(size=linear.n_J) * 0.05)
+    sampler = SLMCSampler(make_evaluator("dense", model), linear, inner_sweeps=2)
+    assert sampler.mode == "compiled"
+    state = init_chains(sampler.evaluator, seed=3, chains=range(5))
+    sites, dirs, uniforms = draw_proposals(state.rngs, model.n_sites, 72)
+    plain = state.spins.copy()
+    plain_acceptance = sampler.inner_chain(plain, linear.energy(plain), sites, dirs, uniforms)
+    compiled = state.spins.copy()
+    delta, moves = linear.metropolis_chain(compiled, sites, dirs, uniforms, model.T)
+    assert 0.2 < plain_acceptance.mean() < 0.8
+    np.testing.assert_array_equal(moves / 72, plain_acceptance)
+    np.testing.assert_allclose(compiled, plain, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(delta, linear.energy(compiled) - linear.energy(state.spins), rtol=0, atol=1e-11)
+
+
+def test_nested_inner_chain_samples_exp_minus_heff():
+    """The nested chain alone (no outer test) samples exp(-H_eff/T), whatever its proposal model.
+
+    Two sites, H_eff = -a S_1·S_2 and a linear proposal with another coupling: c = S_1·S_2 is uniform
+    under the uniform measure, so <c> = coth(a/T) - T/a (the Langevin function).
+    """
+    from slmc_hpc.effective.linear import LinearModel
+
+    a, T = 0.5, 0.3
+    model = DoubleExchange(lx=2, ly=1, hoppings={1: 1.0}, J=1.0, mu=0.0, T=T)
+    effective = WrongCouplingModel(a)
+    effective.proposal = LinearModel(model.lattice, n_J=1)
+    effective.proposal.set_readout(0.0, np.array([-0.1]))  # far from H_eff: many sub-chains are rejected
+    sampler = SLMCSampler(make_evaluator("dense", model), effective, inner_sweeps=3, inner_block=2)
+    assert sampler.mode == "nested" and sampler.n_blocks(6) == 3
+    state = init_chains(sampler.evaluator, seed=13, chains=range(128))
+    from slmc_hpc.samplers.chains import draw_proposals
+
+    history, block_acceptance = [], []
+    for step in range(450):
+        sites, dirs, uniforms = draw_proposals(state.rngs, 2, 6)
+        block_uniforms = np.stack([rng.random(3) for rng in state.rngs])
+        energy = effective.energy(state.spins)
+        _, blocks = sampler.nested_chain(state.spins, energy, sites, dirs, uniforms, block_uniforms)
+        np.testing.assert_array_equal(energy, effective.energy(state.spins))
+        if step >= 50:
+            history.append(state.spins.copy())
+            block_acceptance.append(blocks.mean())
+    assert 0.2 < np.mean(block_acceptance) < 0.6, "the sub-chain test should reject visibly (measured: 0.38)"
+    x = a / T
+    assert_within_three_sigma(chain_means_of_bond(history), 1.0 / np.tanh(x) - 1.0 / x)
