@@ -10,6 +10,6 @@ setup(
     python_requires=">=3.10",
     # numpy, mpi4py, h5py (MPI build), petsc4py/slepc4py (complex) come from the system or the
     # cluster's modules; they are deliberately not listed so that pip never replaces them.
-    install_requires=["ruamel.yaml>=0.18", "scipy", "matplotlib", "tqdm", "torch"],
+    install_requires=["ruamel.yaml>=0.18", "scipy", "matplotlib", "tqdm", "torch", "numba"],
     entry_points={"console_scripts": ["slmc-hpc = slmc_hpc.cli:main"]},
 )

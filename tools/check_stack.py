@@ -7,6 +7,7 @@ os.environ.setdefault("H5PY_ALWAYS_USE_MPI", "1")
 
 import h5py  # noqa: E402
 import mpi4py  # noqa: E402
+import numba  # noqa: E402
 import numpy  # noqa: E402
 import torch  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
@@ -23,5 +24,6 @@ if problems:
     sys.exit("stack check failed: " + "; ".join(problems))
 print(
     f"stack ok: numpy {numpy.__version__}, h5py {h5py.__version__} (mpi), mpi4py {mpi4py.__version__}, "
-    f"petsc4py {PETSc.Sys.getVersion()} complex, slepc4py {SLEPc.Sys.getVersion()}, torch {torch.__version__}"
+    f"petsc4py {PETSc.Sys.getVersion()} complex, slepc4py {SLEPc.Sys.getVersion()}, torch {torch.__version__}, "
+    f"numba {numba.__version__}"
 )
