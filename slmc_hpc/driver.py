@@ -340,7 +340,7 @@ class Run:
         write_model(self.runfile.file.create_group("model"), self.effective, self._history_arrays(), frozen=True)
         self.runfile.flush()
         s = self.config.sampler
-        if s.kind == "slmc" and s.inner_block > 0 and getattr(self.effective, "proposal", False) is None:
+        if s.kind == "slmc" and s.inner_block > 0 and self._slmc_sampler().mode == "plain":
             if self.topo.rank == 0:
                 print(
                     f"slmc-hpc: sampler.inner_block = {s.inner_block} is not used: the model of effective.load "
@@ -361,14 +361,17 @@ class Run:
         if self.config.sampler.kind == "exact":
             step = ExactLocalSampler(self.evaluator).sweep
         else:
-            s = self.config.sampler
-            step = SLMCSampler(self.evaluator, self.effective, s.inner_sweeps, s.inner_block).step
+            step = self._slmc_sampler().step
 
         def run_step():
             info = step(self.state)
             return info.accepted, info.timings
 
         return run_step
+
+    def _slmc_sampler(self) -> SLMCSampler:
+        s = self.config.sampler
+        return SLMCSampler(self.evaluator, self.effective, s.inner_sweeps, s.inner_block)
 
     def _loop(self, phase: str, total: int, step, measuring: bool) -> None:
         """Run `step` until the phase has `total` steps, measuring and deciding at every step boundary."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -60,14 +61,14 @@ class Lattice:
 
     @cached_property
     def n_distance_shells(self) -> int:
-        """Shells up to the largest minimal-image distance: every pair distance of the torus (and aliases)."""
+        """Shells up to the largest minimal-image distance: every pair distance of the torus (and aliases).
+
+        Shells are grouped by squared length (`shell_vectors`), so this counts the distinct positive
+        values of dx² + dy² up to (lx//2)² + (ly//2)².
+        """
         limit = (self.lx // 2) ** 2 + (self.ly // 2) ** 2
-        count = 1
-        while True:
-            dx, dy = shell_vectors(count + 1)[count + 1][0]
-            if dx * dx + dy * dy > limit:
-                return count
-            count += 1
+        reach = math.isqrt(limit)
+        return len({dx * dx + dy * dy for dx in range(reach + 1) for dy in range(reach + 1)} & set(range(1, limit + 1)))
 
     def shell(self, n: int) -> list[tuple[int, int]]:
         """The vectors of shell D_n (n = 0 is the site itself)."""

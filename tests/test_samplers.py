@@ -12,6 +12,7 @@ from scipy.integrate import quad
 from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.physics import DoubleExchange
 from slmc_hpc.samplers import ExactLocalSampler, SLMCSampler, init_chains
+from slmc_hpc.samplers.chains import draw_proposals
 from tests.conftest import REPO, mpirun
 
 TWO_SITE_POINTS = [(2.0, 0.3, 0.0), (3.0, 0.3, -1.5)]  # (J, T, mu): <c> = 0.177 and -0.374
@@ -112,7 +113,6 @@ def test_exact_mc_same_histories_on_one_and_two_ranks(tmp_path):
 def test_compiled_linear_chain_equals_the_plain_chain():
     """The linear model's compiled chain makes the same moves as the per-proposal numpy chain."""
     from slmc_hpc.effective.linear import LinearModel
-    from slmc_hpc.samplers.chains import draw_proposals
 
     model = DoubleExchange(lx=6, ly=6, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.05)
     linear = LinearModel(model.lattice, n_J=model.lattice.n_distance_shells)  # aliases onto the site itself
@@ -147,8 +147,6 @@ def test_nested_inner_chain_samples_exp_minus_heff():
     sampler = SLMCSampler(make_evaluator("dense", model), effective, inner_sweeps=3, inner_block=2)
     assert sampler.mode == "nested" and sampler.n_blocks(6) == 3
     state = init_chains(sampler.evaluator, seed=13, chains=range(128))
-    from slmc_hpc.samplers.chains import draw_proposals
-
     history, block_acceptance = [], []
     for step in range(450):
         sites, dirs, uniforms = draw_proposals(state.rngs, 2, 6)

@@ -72,13 +72,19 @@ def test_slmc_with_wrong_linear_couplings_is_exact(reference):
     assert_agrees(reference.means, means)
 
 
-def test_slmc_with_trained_transformer_is_exact(reference):
-    transformer = TransformerModel(reference.model.lattice, n_J=3, n_layers=2, n_att=3)
+def trained_transformer(reference, n_layers: int, n_att: int, seed: int, steps: int):
+    """A transformer (n_J = 3) fitted and trained on every 5th exact-MC configuration: (model, spins, losses)."""
+    transformer = TransformerModel(reference.model.lattice, n_J=3, n_layers=n_layers, n_att=n_att)
     spins = np.concatenate([c[0] for c in reference.configs[::5]])
     omega = np.concatenate([c[1] for c in reference.configs[::5]])
     fit_linear(transformer, spins, omega)
     config = SimpleNamespace(batch_size=64, lr=1e-3, weight_decay=1e-4)
-    losses = Trainer(transformer, config, n_sites=reference.model.n_sites, seed=3).train(spins, omega, steps=150)
+    losses = Trainer(transformer, config, n_sites=reference.model.n_sites, seed=seed).train(spins, omega, steps=steps)
+    return transformer, spins, losses
+
+
+def test_slmc_with_trained_transformer_is_exact(reference):
+    transformer, _, losses = trained_transformer(reference, n_layers=2, n_att=3, seed=3, steps=150)
     assert np.isfinite(losses).all()
     sampler = SLMCSampler(reference.evaluator, transformer, inner_sweeps=1)
     state = init_chains(reference.evaluator, seed=303, chains=range(CHAINS))
@@ -89,12 +95,7 @@ def test_slmc_with_trained_transformer_is_exact(reference):
 
 def test_slmc_with_nested_inner_chain_is_exact(reference):
     """Transformer SLMC whose inner chain runs sub-chains under a deliberately poor proposal model."""
-    transformer = TransformerModel(reference.model.lattice, n_J=3, n_layers=1, n_att=2)
-    spins = np.concatenate([c[0] for c in reference.configs[::5]])
-    omega = np.concatenate([c[1] for c in reference.configs[::5]])
-    fit_linear(transformer, spins, omega)
-    config = SimpleNamespace(batch_size=64, lr=1e-3, weight_decay=1e-4)
-    Trainer(transformer, config, n_sites=reference.model.n_sites, seed=4).train(spins, omega, steps=100)
+    transformer, spins, _ = trained_transformer(reference, n_layers=1, n_att=2, seed=4, steps=100)
     transformer.fit_proposal(spins)
     poor = transformer.proposal.parameters()
     transformer.proposal.set_parameters({"e0": poor["e0"], "couplings": 1.5 * poor["couplings"]})

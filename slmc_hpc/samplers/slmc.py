@@ -90,7 +90,7 @@ class SLMCSampler:
         return kept / n_moves, blocks_accepted / block_uniforms.shape[1]
 
     def step(self, state: ChainState) -> StepInfo:
-        n = self.inner_sweeps * self.model.n_sites
+        mode, n = self.mode, self.inner_sweeps * self.model.n_sites
         sites, dirs, uniforms = draw_proposals(state.rngs, self.model.n_sites, n)
         n_blocks = self.n_blocks(n)
         block_uniforms = np.stack([rng.random(n_blocks) for rng in state.rngs]) if n_blocks else None
@@ -100,19 +100,19 @@ class SLMCSampler:
         heff_before = self.effective.energy(state.spins)
         proposal = state.spins.copy()
         block_acceptance = None
-        if self.mode == "compiled":
+        # H_eff at both ends is a full evaluation of the same function: the outer test must not rely
+        # on accumulated differences (the nested chain evaluates every accepted sub-chain end in full).
+        if mode == "compiled":
             _, moves = self.effective.metropolis_chain(proposal, sites, dirs, uniforms, self.model.T)
-            inner_acceptance = moves / n
-        elif self.mode == "nested":
-            heff = heff_before.copy()
+            inner_acceptance, heff_after = moves / n, self.effective.energy(proposal)
+        elif mode == "nested":
+            heff_after = heff_before.copy()
             inner_acceptance, block_acceptance = self.nested_chain(
-                proposal, heff, sites, dirs, uniforms, block_uniforms
+                proposal, heff_after, sites, dirs, uniforms, block_uniforms
             )
         else:
             inner_acceptance = self.inner_chain(proposal, heff_before.copy(), sites, dirs, uniforms)
-        # Full evaluations of the same function at both ends: the outer test must not rely on
-        # the inner chain's accumulated differences.
-        heff_after = heff if self.mode == "nested" else self.effective.energy(proposal)
+            heff_after = self.effective.energy(proposal)
         inner_done = time.perf_counter()
 
         omega, eigenvalues = self.evaluator.omega(proposal)
