@@ -11,7 +11,10 @@ import pytest
 from slmc_hpc.parallel import launcher_env
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+# Independently computed values: ../shared/reference next to the checkout, else the copy in tests/reference
+# (a plain clone, as CI makes, has no shared/ beside it).
+SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = SHARED_REFERENCE if SHARED_REFERENCE.is_dir() else REPO / "tests" / "reference"
 
 
 def mpi_env(threads: int = 1) -> dict[str, str]:
