@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)  # validated before anything touches the disk or MPI
     from slmc_hpc.driver import run_simulation
 
-    run_simulation(config, force=args.force)
+    run_simulation(config, force=args.force, fresh=args.fresh)
     return 0
 
 
@@ -122,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a simulation; writes output.dir/run.h5")
     run.add_argument("config", nargs="?", metavar="CONFIG", help="YAML job file (default: the embedded defaults)")
-    run.add_argument("--force", action="store_true", help="resume even if the configuration changed")
+    run.add_argument(
+        "--force", action="store_true", help="resume even if the configuration changed (never deletes anything)"
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the run in output.dir (run.h5, checkpoint.h5, results.json) and start afresh",
+    )
     _add_set_option(run)
     run.set_defaults(handler=cmd_run)
 

@@ -1,4 +1,4 @@
-"""The run driver: the phases of a run, checkpoints, signals and the progress bar (DESIGN §2, §4, §5).
+"""The run driver: the phases of a run and their loop, collective decisions, signals (DESIGN §2, §4, §5).
 
 exact:  thermalize (sweeps) -> production
 slmc:   warmup (exact sweeps, first training data) -> train (rounds) -> freeze -> thermalize (outer
@@ -7,9 +7,13 @@ slmc:   warmup (exact sweeps, first training data) -> train (rounds) -> freeze -
 
 Every rank runs its own chains; with `evaluator.kind: slepc` the world is split into groups of
 `ranks_per_config` ranks that share one diagonalisation and hold identical chains, and only a
-group's leader writes its rows. All decisions that change control flow (checkpoint now, stop now)
-are taken collectively at step boundaries, so every rank enters the same collectives in the same
-order; an exception on one rank propagates to the CLI, which aborts the whole job.
+group's leader writes its rows (`parallel.Topology`). All decisions that change control flow
+(checkpoint now, stop now) are taken collectively at step boundaries, so every rank enters the same
+collectives in the same order; an exception on one rank propagates to the CLI, which aborts the job.
+
+The other jobs live elsewhere: the run directory (lock, start or resume, status) in `io.rundir`,
+measurements to run.h5 in `recorder`, checkpoints from the components' state dicts in `checkpointing`,
+what the job needs in `resources`, MPI in `parallel`.
 """
 
 from __future__ import annotations
@@ -24,24 +28,24 @@ from pathlib import Path
 import numpy as np
 
 from slmc_hpc import __version__
+from slmc_hpc.checkpointing import Checkpointer, ParameterState
 from slmc_hpc.config import Config, config_sha256, to_yaml
 from slmc_hpc.errors import InputError
 from slmc_hpc.evaluators import make_evaluator
-from slmc_hpc.io.checkpoint import Checkpoint, read_checkpoint, rng_from_text, rng_state_text, write_checkpoint
-from slmc_hpc.io.resume import CHECKPOINT_FILE, RUN_FILE, plan_start, status_report
-from slmc_hpc.io.runfile import SAMPLE_NAMES, TIMING_NAMES, TRAINING_NAMES, Layout, RunFile, package_versions
-from slmc_hpc.parallel import allreduce_sum, broadcast, local_chains, world
+from slmc_hpc.io.checkpoint import rng_from_text, rng_state_text
+from slmc_hpc.io.rundir import CHECKPOINT_FILE, RUN_FILE, RunDirectory, status_report
+from slmc_hpc.io.runfile import TIMING_NAMES, TRAINING_NAMES, RunFile, package_versions
+from slmc_hpc.parallel import Topology, allreduce_sum, on_root, ranks_on_this_node, world
 from slmc_hpc.physics import DoubleExchange
+from slmc_hpc.recorder import FLUSH_MEASUREMENTS, Recorder, layout, write_failure
 from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_chains, measure
 
 __all__ = ["run_simulation", "status_report", "phases", "RUN_FILE", "CHECKPOINT_FILE"]
 
-FLUSH_MEASUREMENTS = 256  # buffered measurements per block written to run.h5
-FLUSH_SECONDS = 30.0  # ...or this often (and twice per checkpoint interval), so that readers see progress
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+FLUSH_SECONDS = 30.0  # flush at least this often (and twice per checkpoint interval), so that readers see progress
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 DECISION_SECONDS = 0.05  # how often the ranks agree on stop/checkpoint/flush (bounds the reaction to a signal)
 DONE = "done"
-CHECKPOINT_TAG = 7  # point-to-point messages carrying training data to rank 0
 
 
 class Interrupted(Exception):
@@ -66,66 +70,10 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-# ------------------------------------------------------------------------------------ who runs what
-
-
-@dataclass
-class Topology:
-    """The world, its diagonalisation groups and this rank's chains."""
-
-    comm: object
-    group_comm: object
-    rank: int
-    size: int
-    group: int
-    n_groups: int
-    leader: bool
-    chains: range
-    n_chains: int
-
-    @classmethod
-    def build(cls, config: Config, comm) -> Topology:
-        rank, size = comm.Get_rank(), comm.Get_size()
-        per_group = config.evaluator.ranks_per_config if config.evaluator.kind == "slepc" else 1
-        if size % per_group:
-            raise InputError(
-                f"evaluator.ranks_per_config = {per_group} does not divide the {size} MPI ranks of this job"
-            )
-        group, n_groups, cpr = rank // per_group, size // per_group, config.sampler.chains_per_rank
-        # slepc always gets its own group communicator (its default would be the whole world).
-        group_comm = comm.Split(group, rank) if config.evaluator.kind == "slepc" else None
-        leader = group_comm is None or group_comm.Get_rank() == 0
-        return cls(comm, group_comm, rank, size, group, n_groups, leader, local_chains(cpr, group), n_groups * cpr)
-
-    def layout(self, config: Config) -> Layout:
-        return Layout(
-            n_chains=self.n_chains,
-            chains_per_writer=config.sampler.chains_per_rank,
-            lx=config.model.lx,
-            ly=config.model.ly,
-            mpi_size=self.size,
-            rank=self.rank,
-            rows=self.chains if self.leader else None,
-        )
-
-
-# ------------------------------------------------------------------------------------ start or resume
-
-
-def _collective(comm, rank: int, function, *args):
-    """Run `function` on rank 0 and give its result to every rank; an InputError is raised on all ranks."""
-    result, error = None, None
-    if rank == 0:
-        try:
-            result = function(*args)
-        except InputError as exc:
-            error = str(exc)
-    result, error = broadcast(comm, (result, error))
-    if error is not None:
-        exc = InputError(error)
-        exc.collective = True
-        raise exc
-    return result
+def build_topology(config: Config, comm) -> Topology:
+    slepc = config.evaluator.kind == "slepc"
+    per_group = config.evaluator.ranks_per_config if slepc else 1
+    return Topology.build(comm, config.sampler.chains_per_rank, per_group, split=slepc)
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -153,11 +101,35 @@ class Window:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_NAMES, 0.0))
 
 
-class Run:
-    """One rank's view of a run: its chains, samplers, files and the phase loop."""
+class _History:
+    """The training history as a checkpoint component (the learner's while it lives, else the run's)."""
 
-    def __init__(self, config: Config, topo: Topology, mode: str, stop: StopFlag):
-        self.config, self.topo, self.stop = config, topo, stop
+    def __init__(self, run: Run):
+        self.run = run
+
+    def state_dict(self) -> dict:
+        return self.run._history_arrays()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run.history = {name: list(np.asarray(values, dtype=np.float64)) for name, values in state.items()}
+
+
+@dataclass
+class Pace:
+    """Speed of the current phase in this job (for the heartbeat: `status` shows rate and time left)."""
+
+    phase: str
+    total: int
+    started: float
+    step: int
+    measurements: int
+
+
+class Run:
+    """One rank's view of a run: its chains, samplers, components and the phase loop."""
+
+    def __init__(self, config: Config, topo: Topology, mode: str, stop: StopFlag, rundir: RunDirectory):
+        self.config, self.topo, self.stop, self.rundir = config, topo, stop, rundir
         self.run_dir = Path(config.output.dir)
         self.phases = phases(config)
         self.model = build_model(config)
@@ -171,11 +143,11 @@ class Run:
             self.effective = self._load_effective() if config.effective.load else self._new_effective()
         self.history: dict[str, list[float]] = {name: [] for name in TRAINING_NAMES}
         self.progress = Progress(self.phases[0])
-        self.buffer: list[dict[str, np.ndarray]] = []
-        self.buffer_timing: list[dict[str, float]] = []
-        self.history_written = -1
+        self.checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, topo, to_yaml(config), config_sha256(config))
         self.steps_undecided, self.decide_every, self.last_decision = 0, 1, time.monotonic()
         self.last_checkpoint = self.last_flush = time.monotonic()
+        self.step_seconds = 0.0
+        self.pace = Pace(self.progress.phase, 0, time.monotonic(), 0, 0)
         if mode == "resume":
             self._resume()
         else:
@@ -191,24 +163,30 @@ class Run:
             "package_versions": package_versions(),
         }
 
+    def _register_components(self) -> None:
+        """What a checkpoint holds besides the chains (the learner registers itself while it lives)."""
+        if self.effective is not None:
+            self.checkpointer.register("effective", ParameterState(self.effective))
+        self.checkpointer.register("history", _History(self))
+
     def _start(self) -> None:
         topo = self.topo
-        if topo.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            # Only reached for an empty directory or with --force: the old run's checkpoint must not
-            # be mistaken for this run's if it dies before its first checkpoint.
-            (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-        topo.comm.Barrier()
         self.state = init_chains(self.evaluator, self.config.seed, topo.chains)
         self.window = Window(np.zeros(len(topo.chains)))
         self.progress = Progress(self.phases[0])
+        self._register_components()
         attrs = {**self._root_attrs(), "start_time": _now_iso(), "status": "running", "phase": self.progress.phase}
-        self.runfile = RunFile.create(self.run_dir / RUN_FILE, topo.comm, topo.layout(self.config), attrs)
+        path = self.run_dir / RUN_FILE
+        try:
+            runfile = RunFile.create(path, topo.comm, layout(self.config, topo), attrs)
+        except (OSError, RuntimeError) as exc:
+            raise write_failure(path, exc) from None
+        self.recorder = Recorder(runfile, topo.leader)
         self._make_learner()
 
     def _resume(self) -> None:
         topo = self.topo
-        ckpt = read_checkpoint(self.run_dir / CHECKPOINT_FILE, topo.n_chains, rows=topo.chains, rank=topo.rank)
+        ckpt = self.checkpointer.read()
         if ckpt.chains["spins"].shape[1] != self.model.n_sites:
             raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: its spins do not fit a {self.model.lattice} lattice")
         c = ckpt.counters
@@ -232,14 +210,17 @@ class Run:
             chains=np.asarray(topo.chains, dtype=np.int64),
         )
         self.window = Window(ckpt.chains["window_acceptance"], steps=int(c["window_steps"]))
-        self.history = {name: list(np.asarray(values, dtype=np.float64)) for name, values in ckpt.history.items()}
-        if self.effective is not None and ckpt.parameters:
-            self.effective.set_parameters(ckpt.parameters)
-        self.runfile = RunFile.reopen(
-            self.run_dir / RUN_FILE, topo.comm, topo.layout(self.config), self.progress.measurements
+        self._register_components()
+        runfile = RunFile.reopen(
+            self.run_dir / RUN_FILE, topo.comm, layout(self.config, topo), self.progress.measurements
         )
-        self.runfile.set_attrs(**self._root_attrs(), status="running", phase=self.progress.phase, resumed=_now_iso())
-        self._make_learner(ckpt)
+        runfile.set_attrs(**self._root_attrs(), status="running", phase=self.progress.phase, resumed=_now_iso())
+        self.recorder = Recorder(runfile, topo.leader)
+        self._make_learner()
+
+    @property
+    def runfile(self) -> RunFile:
+        return self.recorder.runfile
 
     def _new_effective(self):
         from slmc_hpc.effective import make_effective
@@ -248,24 +229,15 @@ class Run:
 
     def _load_effective(self):
         """The trained model stored in the run file that `effective.load` names."""
-        import h5py
+        from slmc_hpc.io.model import load_model
 
-        from slmc_hpc.io.model import read_model
+        return load_model(self.config.effective.load, self.model.lattice)
 
-        load = self.config.effective.load
-        try:
-            with h5py.File(load, "r", locking=False) as f:
-                if "model" not in f:
-                    raise InputError(f"effective.load: {load} holds no /model group (not a trained run?)")
-                return read_model(f["model"], self.model.lattice)[0]
-        except OSError as exc:
-            raise InputError(f"effective.load: cannot read {load}: {exc}") from None
-
-    def _make_learner(self, ckpt: Checkpoint | None = None) -> None:
+    def _make_learner(self) -> None:
         """The self-learning loop, only while warmup or training remain to be done."""
         if self.progress.phase not in ("warmup", "train"):
             return
-        from slmc_hpc.effective.training import SelfLearning, unpack_state
+        from slmc_hpc.effective.training import SelfLearning
 
         self.learner = SelfLearning(
             self.effective,
@@ -276,15 +248,8 @@ class Run:
             inner_sweeps=self.config.sampler.inner_sweeps,
             inner_block=self.config.sampler.inner_block,
         )
-        if ckpt is not None:
-            state = {
-                "data": unpack_state(ckpt.rank_blobs[0]["data"]),
-                "round": self.progress.rounds,
-                "history": ckpt.history,
-            }
-            if "trainer" in ckpt.blobs:
-                state["trainer"] = unpack_state(ckpt.blobs["trainer"])
-            self.learner.load_state_dict(state)
+        # Restored at once from a checkpoint being resumed; each rank keeps its own training data.
+        self.checkpointer.register("learner", self.learner, local=("data",))
 
     # -- the phase loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -301,6 +266,8 @@ class Run:
                 measurements=self.progress.measurements,
                 rounds=self.progress.rounds,
             )
+            if self.learner is None:
+                self.checkpointer.unregister("learner")
             self._checkpoint()
         self.runfile.set_attrs(status="finished", phase=DONE, end_time=_now_iso())
         self.runfile.close()
@@ -377,6 +344,7 @@ class Run:
         """Run `step` until the phase has `total` steps, measuring and deciding at every step boundary."""
         every = self.config.sampler.measure_every
         accepted_sum, steps_here = 0.0, 0
+        self.pace = Pace(phase, total, time.monotonic(), self.progress.step, self.progress.measurements)
         with self._progress_bar(phase, total) as bar:
             while self.progress.step < total:
                 accepted, timings = step()
@@ -399,9 +367,8 @@ class Run:
         w = self.window
         sample = measure(self.model, self.state)
         sample["acceptance"] = w.acceptance / max(w.steps, 1)
-        self.buffer.append(sample)
         w.seconds["measure"] += time.perf_counter() - start
-        self.buffer_timing.append(w.seconds)
+        self.recorder.add(sample, w.seconds)
         self.window = Window(np.zeros(len(self.topo.chains)))
         self.progress.measurements += 1
 
@@ -410,9 +377,12 @@ class Run:
         """Between two steps: every rank learns whether to stop, checkpoint or flush, and does it.
 
         The ranks agree by an allreduce every `decide_every` steps; rank 0 sets that interval to
-        about DECISION_SECONDS of steps, so fast steps do not pay a synchronisation each.
+        about DECISION_SECONDS of steps, so fast steps do not pay a synchronisation each. Rank 0 also
+        refreshes the lock's heartbeat here (about every 30 s): a hung run stops beating.
         """
         self.steps_undecided += 1
+        if self.topo.rank == 0:
+            self._heartbeat()
         if self.steps_undecided < self.decide_every:
             return
         flags = np.zeros(4, dtype=np.int64)
@@ -421,8 +391,8 @@ class Run:
             now = time.monotonic()
             flags[1] = now - self.last_checkpoint >= self.config.output.checkpoint_every
             flags[2] = now - self.last_flush >= min(FLUSH_SECONDS, self.config.output.checkpoint_every / 2)
-            seconds_per_step = (now - self.last_decision) / self.steps_undecided
-            flags[3] = np.clip(round(DECISION_SECONDS / max(seconds_per_step, 1e-9)), 1, 1000)
+            self.step_seconds = (now - self.last_decision) / self.steps_undecided
+            flags[3] = np.clip(round(DECISION_SECONDS / max(self.step_seconds, 1e-9)), 1, 1000)
             self.last_decision = now
         flags = allreduce_sum(self.topo.comm, flags)
         self.steps_undecided, self.decide_every = 0, int(flags[3])
@@ -431,26 +401,29 @@ class Run:
             raise Interrupted
         if flags[1]:
             self._checkpoint()
-        elif flags[2] or len(self.buffer) >= FLUSH_MEASUREMENTS:
+        elif flags[2] or len(self.recorder) >= FLUSH_MEASUREMENTS:
             self._flush()
         if self.topo.rank == 0:
             self.last_decision = time.monotonic()  # time spent writing is not a step
 
+    def _heartbeat(self) -> None:
+        """Rank 0: where the run stands and how fast it goes, into run.lock (throttled by the lock)."""
+        pace, progress = self.pace, self.progress
+        elapsed = max(time.monotonic() - pace.started, 1e-9)
+        self.rundir.beat(
+            phase=progress.phase,
+            step=progress.step,
+            phase_steps=pace.total,
+            measurements=progress.measurements,
+            steps_per_second=(progress.step - pace.step) / elapsed,
+            measurements_per_second=(progress.measurements - pace.measurements) / elapsed,
+            step_seconds=self.step_seconds,
+        )
+
     def _flush(self) -> None:
         """Write the buffered measurements to run.h5 (collective)."""
         start = time.perf_counter()
-        count = len(self.buffer)
-        if count:
-            samples = None
-            if self.topo.leader:
-                samples = {name: np.stack([m[name] for m in self.buffer], axis=1) for name in (*SAMPLE_NAMES, "sq")}
-            timing = {name: np.array([t[name] for t in self.buffer_timing]) for name in TIMING_NAMES}
-            self.runfile.append(samples, timing, count)
-        self.buffer, self.buffer_timing = [], []
-        history = self._history_arrays()
-        if sum(map(len, history.values())) != self.history_written:  # it changes only while training
-            self.runfile.write_training(history)
-            self.history_written = sum(map(len, history.values()))
+        self.recorder.flush(self._history_arrays())
         self.last_flush = time.monotonic()
         self.window.seconds["io"] += time.perf_counter() - start
 
@@ -459,68 +432,22 @@ class Run:
         return {name: np.asarray(values, dtype=np.float64) for name, values in history.items()}
 
     def _checkpoint(self) -> None:
-        """Flush run.h5, then write checkpoint.h5 from rank 0 (atomically)."""
+        """Flush run.h5, then write checkpoint.h5 from every component's state (rank 0 writes, atomically)."""
         self._flush()
         start = time.perf_counter()
-        topo = self.topo
-        mine = None
-        if topo.leader:
-            mine = {
+        rows = rngs = None
+        if self.topo.leader:
+            rows = {
                 "spins": self.state.spins,
                 "omega": self.state.omega,
                 "eigenvalues": self.state.eigenvalues,
                 "window_acceptance": self.window.acceptance,
-                "rng": [rng_state_text(rng) for rng in self.state.rngs],
             }
-        gathered = topo.comm.gather(mine, root=0)
-        training = self.learner is not None  # the same on every rank (it depends on the phase only)
-        if training and topo.rank != 0:
-            topo.comm.send(self._learner_blobs(), dest=0, tag=CHECKPOINT_TAG)
-        if topo.rank == 0:
-            parts = [part for part in gathered if part is not None]
-            counters = {**self.progress.counters(), "window_steps": self.window.steps}
-            ckpt = Checkpoint(
-                config_yaml=to_yaml(self.config),
-                config_sha256=config_sha256(self.config),
-                mpi_size=topo.size,
-                n_chains=topo.n_chains,
-                counters=counters,
-                chains={
-                    name: np.concatenate([p[name] for p in parts])
-                    for name in ("spins", "omega", "eigenvalues", "window_acceptance")
-                },
-                rng_states=[text for p in parts for text in p["rng"]],
-                parameters=self.effective.parameters() if self.effective is not None else {},
-                history=self._history_arrays(),
-                blobs=self._trainer_blob(),
-                rank_blobs=self._all_learner_blobs() if training else [],
-                time=time.time(),
-            )
-            write_checkpoint(self.run_dir / CHECKPOINT_FILE, ckpt)
+            rngs = [rng_state_text(rng) for rng in self.state.rngs]
+        counters = {**self.progress.counters(), "window_steps": self.window.steps}
+        self.checkpointer.save(counters, rows, rngs)
         self.last_checkpoint = time.monotonic()
         self.window.seconds["io"] += time.perf_counter() - start
-
-    def _all_learner_blobs(self):
-        """Rank 0: every rank's training data, received one rank at a time while the file is written."""
-        yield self._learner_blobs()
-        for rank in range(1, self.topo.size):
-            yield self.topo.comm.recv(source=rank, tag=CHECKPOINT_TAG)
-
-    def _learner_blobs(self) -> dict[str, bytes]:
-        """This rank's training data (npz bytes): each rank keeps its own."""
-        if self.learner is None:
-            return {}
-        from slmc_hpc.effective.training import pack_state
-
-        return {"data": pack_state(self.learner.data.state_dict())}
-
-    def _trainer_blob(self) -> dict[str, bytes]:
-        """Rank 0's optimizer state (npz bytes), stored once."""
-        if self.learner is None or self.learner.trainer is None:
-            return {}
-        from slmc_hpc.effective.training import pack_state
-
-        return {"trainer": pack_state(self.learner.trainer.state_dict())}
 
     # -- progress ---------------------------------------------------------------------------------
     def _progress_bar(self, phase: str, total: int):
@@ -542,7 +469,7 @@ class Run:
 
 
 class StopFlag:
-    """SIGTERM/SIGUSR1 handlers that only raise a flag; the run acts on it at the next step boundary."""
+    """SIGTERM/SIGUSR1/SIGINT handlers that only raise a flag; the run acts on it at the next step boundary."""
 
     def __init__(self):
         self.requested = False
@@ -572,28 +499,47 @@ def _print_results(run_dir: Path) -> None:
         sys.stderr.write(f"slmc-hpc: no results table for {run_dir}: {exc}\n")
 
 
-def run_simulation(config: Config, force: bool = False) -> None:
-    """Run (or resume) the simulation that `config` describes, on every rank of MPI.COMM_WORLD."""
+def _check_job(config: Config, topo: Topology, node_ranks: int, force: bool, fresh: bool, rundir: RunDirectory) -> str:
+    """Rank 0, before anything is allocated: memory, output path, lock, plan, disk. 'fresh' or 'resume'."""
+    from slmc_hpc.resources import check_memory
+
+    check_memory(config, node_ranks)
+    return rundir.open(config, topo.n_chains, topo.size, force=force, fresh=fresh)
+
+
+def run_simulation(config: Config, force: bool = False, fresh: bool = False) -> None:
+    """Run (or resume) the simulation that `config` describes, on every rank of MPI.COMM_WORLD.
+
+    `force`: resume although the configuration changed; `fresh`: delete the run directory's run and start afresh.
+    """
     comm = world()
-    topo = Topology.build(config, comm)
+    topo = build_topology(config, comm)
     run_dir = Path(config.output.dir)
-    mode = _collective(comm, topo.rank, plan_start, run_dir, config, topo.n_chains, force)
-    with StopFlag() as stop:
-        run = Run(config, topo, mode, stop)
-        if topo.rank == 0:
-            action = "resuming" if mode == "resume" else "starting"
-            sys.stderr.write(
-                f"slmc-hpc: {action} {run_dir} at phase {run.progress.phase} "
-                f"({topo.size} ranks, {topo.n_chains} chains)\n"
-            )
-        try:
-            run.execute()
+    rundir = RunDirectory(run_dir)
+    node_ranks = ranks_on_this_node(comm)
+    mode = on_root(comm, _check_job, config, topo, node_ranks, force, fresh, rundir)
+    ended = "failed"
+    try:
+        with StopFlag() as stop:
+            run = Run(config, topo, mode, stop, rundir)
             if topo.rank == 0:
-                _print_results(run_dir)
-        except Interrupted:
-            run.runfile.close()
-            if topo.rank == 0:
+                action = "resuming" if mode == "resume" else "starting"
                 sys.stderr.write(
-                    f"slmc-hpc: stopped by signal at phase {run.progress.phase}; checkpoint written, "
-                    "run the same command again to resume\n"
+                    f"slmc-hpc: {action} {run_dir} at phase {run.progress.phase} "
+                    f"({topo.size} ranks, {topo.n_chains} chains)\n"
                 )
+            try:
+                run.execute()
+                ended = "finished"
+                if topo.rank == 0:
+                    _print_results(run_dir)
+            except Interrupted:
+                run.runfile.close()
+                ended = "stopped"
+                if topo.rank == 0:
+                    sys.stderr.write(
+                        f"slmc-hpc: stopped by signal at phase {run.progress.phase}; checkpoint written, "
+                        "run the same command again to resume\n"
+                    )
+    finally:
+        rundir.release(ended)

@@ -6,7 +6,13 @@ its history does not depend on how many ranks run it (DESIGN §4).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+from slmc_hpc.errors import InputError
 
 
 def chain_rng(seed: int, chain: int) -> np.random.Generator:
@@ -54,6 +60,109 @@ def broadcast_array(comm, array: np.ndarray, root: int = 0) -> np.ndarray:
     if comm is not None and comm.Get_size() > 1:
         comm.Bcast(array, root=root)
     return array
+
+
+def barrier(comm) -> None:
+    """Wait for every rank of `comm` (nothing without MPI)."""
+    if comm is not None and comm.Get_size() > 1:
+        comm.Barrier()
+
+
+def gather_to_root(comm, obj, root: int = 0) -> list | None:
+    """Every rank's object, in rank order, on `root` (None elsewhere)."""
+    if comm is None or comm.Get_size() == 1:
+        return [obj]
+    return comm.gather(obj, root=root)
+
+
+STREAM_TAG = 7  # point-to-point messages of `stream_to_root`
+
+
+def stream_to_root(comm, make: Callable[[], Any]) -> Iterator[Any] | None:
+    """Each rank's `make()` delivered to rank 0 one rank at a time (a generator on rank 0, None elsewhere).
+
+    For large per-rank data (training sets in checkpoints): rank 0 holds one rank's part at a time. Every
+    rank must call it; rank 0 must exhaust the generator.
+    """
+    if comm is None or comm.Get_size() == 1:
+        return iter([make()])
+    if comm.Get_rank() != 0:
+        comm.send(make(), dest=0, tag=STREAM_TAG)
+        return None
+
+    def receive() -> Iterator[Any]:
+        yield make()
+        for rank in range(1, comm.Get_size()):
+            yield comm.recv(source=rank, tag=STREAM_TAG)
+
+    return receive()
+
+
+def on_root(comm, function: Callable[..., Any], *args) -> Any:
+    """Run `function` on rank 0 only and give its result to every rank.
+
+    An InputError raised there is raised on every rank, marked `collective` (all ranks leave together,
+    so the CLI exits with status 2 instead of aborting the job).
+    """
+    rank = comm.Get_rank() if comm is not None else 0
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = function(*args)
+        except InputError as exc:
+            error = str(exc)
+    result, error = broadcast(comm, (result, error))
+    if error is not None:
+        exc = InputError(error)
+        exc.collective = True
+        raise exc
+    return result
+
+
+def ranks_on_this_node(comm) -> int:
+    """How many ranks of `comm` share this node's memory (MPI_COMM_TYPE_SHARED); 1 without MPI."""
+    if comm is None or comm.Get_size() == 1:
+        return 1
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_size()
+    finally:
+        node.Free()
+
+
+@dataclass
+class Topology:
+    """The world, its diagonalisation groups and this rank's chains.
+
+    With `ranks_per_config = k` (slepc) the world is split into groups of k consecutive ranks that share
+    one diagonalisation and hold identical chains; only a group's leader writes its rows.
+    """
+
+    comm: Any
+    group_comm: Any
+    rank: int
+    size: int
+    group: int
+    n_groups: int
+    leader: bool
+    chains: range
+    n_chains: int
+
+    @classmethod
+    def build(cls, comm, chains_per_rank: int, ranks_per_config: int = 1, split: bool = False) -> Topology:
+        """`split`: give every group its own communicator (slepc's default would be the whole world)."""
+        rank, size = comm.Get_rank(), comm.Get_size()
+        if size % ranks_per_config:
+            raise InputError(
+                f"evaluator.ranks_per_config = {ranks_per_config} does not divide the {size} MPI ranks of this job"
+            )
+        group, n_groups = rank // ranks_per_config, size // ranks_per_config
+        group_comm = comm.Split(group, rank) if split else None
+        leader = group_comm is None or group_comm.Get_rank() == 0
+        chains = local_chains(chains_per_rank, group)
+        return cls(comm, group_comm, rank, size, group, n_groups, leader, chains, n_groups * chains_per_rank)
 
 
 def launcher_env(threads: int = 1, base: dict[str, str] | None = None) -> dict[str, str]:

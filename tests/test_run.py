@@ -103,7 +103,8 @@ def test_exact_run_layout_status_and_finished_refusal(tmp_path):
 
     before = digest(run_dir / "run.h5"), digest(run_dir / "checkpoint.h5")
     refused = run_cli(2, config, check=False)
-    assert refused.returncode == 2 and "finished run" in refused.stderr and "--force" in refused.stderr
+    assert refused.returncode == 2 and "finished run" in refused.stderr
+    assert "--fresh" not in refused.stderr and "--force" not in refused.stderr  # it has data: no wiping offered
     assert (digest(run_dir / "run.h5"), digest(run_dir / "checkpoint.h5")) == before
 
     # More measurements extend a finished run: its chains go on where they stopped...
@@ -113,8 +114,8 @@ def test_exact_run_layout_status_and_finished_refusal(tmp_path):
     extended = read_samples(run_dir)
     assert extended["omega"].shape == (n_chains, 15)
     assert all(np.array_equal(extended[name][:, :n_meas], first[name]) for name in first)
-    # ...exactly as if it had been started with them (--force overwrites the run).
-    run_cli(2, longer, "--force")
+    # ...exactly as if it had been started with them (--fresh deletes the run and starts afresh).
+    run_cli(2, longer, "--fresh")
     again = read_samples(run_dir)
     assert all(np.array_equal(extended[name], again[name]) for name in first)
 

@@ -8,8 +8,9 @@ Layout: root attrs `format` ("slmc_hpc checkpoint"), `format_version`, `config_y
 `config_sha256`, `mpi_size`, `n_chains`, `time`; `/counters` attrs (phase, steps, output position);
 `/chains/<name>` [n_chains, ...] (spins, Ω, eigenvalues, per-chain accumulators) and `/chains/rng`
 (each chain's `bit_generator.state` as JSON text: PCG64's 128-bit integers survive exactly);
-`/parameters/<name>` (H_eff); `/history/<name>` (training history); `/blobs/<name>` and
-`/ranks/<rank>/<name>` (opaque serialised state such as optimizer state and per-rank training data).
+`/blobs/<component>` (the rank-independent part of each component's `state_dict`, e.g. H_eff's
+parameters, the optimizer state) and `/ranks/<rank>/<component>` (each rank's own part, e.g. its
+training data), both opaque bytes (`slmc_hpc.io.state.pack_tree`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from slmc_hpc.errors import InputError
 from slmc_hpc.io.runfile import plain_value
 
 CHECKPOINT_FORMAT = "slmc_hpc checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: H_eff parameters and history as component blobs
 
 
 @dataclass
@@ -42,8 +43,6 @@ class Checkpoint:
     counters: dict = field(default_factory=dict)
     chains: dict[str, np.ndarray] = field(default_factory=dict)
     rng_states: list[dict] = field(default_factory=list)
-    parameters: dict[str, np.ndarray] = field(default_factory=dict)
-    history: dict[str, np.ndarray] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     rank_blobs: Iterable[dict[str, bytes]] = field(default_factory=list)  # may be a generator: one rank at a time
     time: float = 0.0
@@ -80,8 +79,6 @@ def write_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         for name, values in ckpt.chains.items():
             chains.create_dataset(name, data=values)
         chains.create_dataset("rng", data=list(ckpt.rng_states), dtype=h5py.string_dtype())
-        _write_arrays(f.create_group("parameters"), ckpt.parameters)
-        _write_arrays(f.create_group("history"), ckpt.history)
         _write_blobs(f.create_group("blobs"), ckpt.blobs)
         ranks = f.create_group("ranks")
         for rank, blobs in enumerate(ckpt.rank_blobs):
@@ -89,11 +86,6 @@ def write_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     _fsync(tmp)
     os.replace(tmp, path)
     _fsync(path.parent)
-
-
-def _write_arrays(group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
-    for name, values in arrays.items():
-        group.create_dataset(name, data=np.asarray(values))
 
 
 def _write_blobs(group: h5py.Group, blobs: dict[str, bytes]) -> None:
@@ -152,8 +144,6 @@ def _read(f: h5py.File, path: Path, n_chains: int | None, rows: range | None, ra
         counters={key: plain_value(value) for key, value in f["counters"].attrs.items()},
         chains=chains,
         rng_states=rng_states,
-        parameters={name: ds[()] for name, ds in f["parameters"].items()},
-        history={name: ds[()] for name, ds in f["history"].items()},
         blobs=_read_blobs(f["blobs"]),
         rank_blobs=rank_blobs,
         time=float(attrs["time"]),

@@ -8,6 +8,7 @@ Layout: one dataset per parameter tensor (named as in `model.parameters()`), att
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
@@ -70,3 +71,14 @@ def read_model(group: h5py.Group, lattice: Lattice):
     model.set_parameters(parameters)
     history = {name: ds[()] for name, ds in group[HISTORY].items()} if HISTORY in group else {}
     return model, history
+
+
+def load_model(path: str | Path, lattice: Lattice):
+    """The trained model stored in the run file `path` (`effective.load`), rebuilt on `lattice`."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if "model" not in f:
+                raise InputError(f"effective.load: {path} holds no /model group (not a trained run?)")
+            return read_model(f["model"], lattice)[0]
+    except OSError as exc:
+        raise InputError(f"effective.load: cannot read {path}: {exc}") from None
