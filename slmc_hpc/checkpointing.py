@@ -24,6 +24,7 @@ from slmc_hpc import parallel
 from slmc_hpc.errors import InputError
 from slmc_hpc.io.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from slmc_hpc.io.state import pack_tree, split_state, unpack_tree
+from slmc_hpc.recorder import write_error_reason
 
 
 class Stateful(Protocol):
@@ -122,8 +123,8 @@ class Checkpointer:
                     pass
                 self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
                 error = (
-                    f"{self.path}: cannot write the checkpoint ({exc}); disk full? The previous checkpoint is "
-                    "whole: free some space and run the same command to resume"
+                    f"{self.path}: cannot write the checkpoint ({write_error_reason(exc)}); disk full? The previous "
+                    "checkpoint is whole: free some space and run the same command to resume"
                 )
         error = parallel.broadcast(topo.comm, error)
         if error is not None:

@@ -406,11 +406,12 @@ class Run:
         if self.topo.rank == 0:
             self.last_decision = time.monotonic()  # time spent writing is not a step
 
-    def _heartbeat(self) -> None:
-        """Rank 0: where the run stands and how fast it goes, into run.lock (throttled by the lock)."""
+    def _heartbeat(self, force: bool = False) -> None:
+        """Rank 0: where the run stands and how fast it goes, into run.lock (at most every 30 s unless `force`)."""
         pace, progress = self.pace, self.progress
         elapsed = max(time.monotonic() - pace.started, 1e-9)
         self.rundir.beat(
+            force=force,
             phase=progress.phase,
             step=progress.step,
             phase_steps=pace.total,
@@ -425,6 +426,8 @@ class Run:
         start = time.perf_counter()
         self.recorder.flush(self._history_arrays())
         self.last_flush = time.monotonic()
+        if self.topo.rank == 0:
+            self._heartbeat(force=True)  # the data on disk and the heartbeat advance together
         self.window.seconds["io"] += time.perf_counter() - start
 
     def _history_arrays(self) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ untouched, so the run resumes from it once there is space (the CLI ends the job 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,18 @@ def layout(config: Config, topo: Topology) -> Layout:
     )
 
 
+def write_error_reason(exc: BaseException) -> str:
+    """One line for a failed write: the OS's words for its errno (HDF5's own messages span lines)."""
+    errno = getattr(exc, "errno", None)
+    if errno:
+        return os.strerror(errno)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def write_failure(path: Path, exc: BaseException) -> InputError:
     return InputError(
-        f"{path}: cannot write the run file ({exc}); disk full? The last checkpoint is whole: free some space "
-        "and run the same command to resume"
+        f"{path}: cannot write the run file ({write_error_reason(exc)}); disk full? The last checkpoint is whole: "
+        "free some space and run the same command to resume"
     )
 
 

@@ -47,8 +47,8 @@ def memory_terms(config: Config) -> dict[str, float]:
     terms = {"baseline": float(BASELINE_BYTES)}
     if kind == "slepc":
         terms["distributed h(S)"] = 3 * matrix / config.evaluator.ranks_per_config + matrix  # + the hopping matrix
-    else:  # dense (and the host side of cupy): the batch of h(S), LAPACK's copy, and the hopping matrix
-        terms["dense h(S) matrices"] = (2 * batch + 1) * matrix
+    else:  # dense (and the host side of cupy): the batch of h(S), the hopping matrix, LAPACK's copy and work
+        terms["dense h(S) matrices"] = 1.25 * (batch + 4) * matrix  # measured: lx=2000, ly=4 needs > 23 GiB
     terms["spins and eigenvalues"] = 8.0 * batch * (4 * 3 * n_sites + 3 * n_orbitals)
     terms["sample buffer"] = 8.0 * FLUSH_MEASUREMENTS * batch * (n_sites + N_SCALARS)
     samples = training_samples_per_rank(config)

@@ -9,6 +9,7 @@ a stand-in on PATH that records the resubmission, which the test then runs as PB
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -114,7 +115,7 @@ def test_sbatch_checkpoints_on_signal_requeues_and_matches_uninterrupted_run(slu
     plugins = slurm_cluster.run("srun", "--mpi=list", check=False)
     launcher = "srun --mpi=pmix" if "pmix" in plugins.stdout + plugins.stderr else "mpirun"
     env = {**slurm_cluster.env, **job_env(SLMC_STARTUP_GRACE="8", SLMC_LAUNCHER=launcher)}
-    start = time.monotonic()
+    start, submitted = time.monotonic(), time.time()
     job = slurm_cluster.sbatch(
         "--time=1", "--signal=B:USR1@55", "--ntasks=2", "--output=job.out", str(SBATCH), "job.yaml",
         env=env, cwd=job_dir,
@@ -129,6 +130,11 @@ def test_sbatch_checkpoints_on_signal_requeues_and_matches_uninterrupted_run(slu
     assert "got USR1, asking the run to checkpoint and stop" in log
     assert "stopped by signal" in log and "requeueing" in log
     assert "slmc-hpc: resuming run" in log and "run run finished" in log
+    # The requeued job took the directory over: the first instance's lock died with it, and run.lock now
+    # holds the last instance's record (started after the signal, which comes >= 8 s after the start).
+    assert "in use by another run" not in log
+    record = json.loads((job_dir / "run" / "run.lock").read_text())
+    assert record["state"] == "finished" and record["start"] > submitted + 8 and record["os_lock"]
     assert_bitwise_equal(job_dir / "run", reference.result())
 
 

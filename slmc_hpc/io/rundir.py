@@ -183,8 +183,8 @@ class RunDirectory:
                 break
         self.created = []
 
-    def beat(self, **progress) -> None:
-        self.lock.beat(**progress)
+    def beat(self, force: bool = False, **progress) -> None:
+        self.lock.beat(force=force, **progress)
 
     def release(self, state: str) -> None:
         self.lock.release(state)
@@ -201,7 +201,7 @@ def _size(path: Path) -> float:
 
 
 def liveness(run_dir: Path) -> tuple[str, dict | None]:
-    """('live' | 'dead' | 'stopped' | 'finished' | 'unknown', lock record) from the lock and its heartbeat."""
+    """('live' | 'dead' | 'stopped' | 'failed' | 'finished' | 'unknown', lock record): the lock and its heartbeat."""
     path = run_dir / LOCK_FILE
     record = read_record(path)
     state = probe(path)
@@ -212,7 +212,7 @@ def liveness(run_dir: Path) -> tuple[str, dict | None]:
     if record is None:
         return "unknown", None
     if record.get("released") is not None:
-        return ("finished" if record.get("state") == "finished" else "stopped"), record
+        return {"finished": "finished", "failed": "failed"}.get(record.get("state"), "stopped"), record
     return "dead", record
 
 
@@ -232,7 +232,7 @@ def _liveness_lines(state: str, record: dict | None, now: float) -> list[str]:
             f"process:      dead {since}: host {record.get('host', '?')}, pid {record.get('pid', '?')} ended "
             "without releasing the run; run the same command to resume it"
         ]
-    if state in ("stopped", "finished"):
+    if state in ("stopped", "finished", "failed"):
         return [f"process:      none: {state} at {iso(record.get('released'))} (host {record.get('host', '?')})"]
     return ["process:      unknown (no run.lock: a run of an older version, or never started here)"]
 
@@ -282,6 +282,8 @@ def status_report(run_dir: str | Path) -> str:
         status = "running"
     elif state == "stopped":
         status = "stopped (checkpointed; run the same command to resume)"
+    elif state == "failed":
+        status = "failed (ended with an error; see the job's log, then run the same command to resume)"
     elif state == "dead":
         status = "dead (killed or crashed; run the same command to resume)"
     else:
