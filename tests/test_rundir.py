@@ -46,14 +46,16 @@ def _errors(stderr: str) -> list[str]:
 
 
 def test_second_job_on_a_live_directory_is_refused_and_the_first_is_undisturbed(tmp_path, reference):
-    config = write_config(tmp_path, "run", **LONG)
+    # Frequent checkpoints (they do not change the samples) make frequent flushes and heartbeats.
+    config = write_config(tmp_path, "run", **{**LONG, "output": {"checkpoint_every": 0.4}})
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
     first = launch(2, config, log)
-    wait_for_phase(first, run_dir, "production", log, measurements=1)
+    wait_for_phase(first, run_dir, "production", log, measurements=50)
 
     report = status_report(run_dir)
     assert "status:       running" in report and f"pid {first.pid}" not in report  # rank 0's pid, not mpirun's
     assert f"process:      live: host {socket.gethostname()}, pid " in report
+    assert "measurements/s, production time left about" in report, report
 
     lock_before = (run_dir / "run.lock").stat().st_mtime_ns
     started = time.monotonic()
@@ -102,6 +104,17 @@ def test_moved_finished_run_extends_with_its_first_measurements_unchanged(tmp_pa
         assert f["samples"]["omega"].shape == (4, 15)
         for name, values in first.items():
             assert np.array_equal(f["samples"][name][:, :10], values), name
+
+
+def test_damaged_run_file_is_named_by_status_and_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 8)
+    report = status_report(run_dir)
+    assert f"status:       damaged: {run_dir / 'run.h5'} cannot be read" in report, report
+    proc = cli("run", str(write_config(tmp_path, "run")), cwd=tmp_path)
+    assert_one_error(proc, "run.h5: damaged")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.h5"]  # nothing added, nothing deleted
 
 
 # ------------------------------------------------------------------------------------ environment errors

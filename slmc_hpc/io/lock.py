@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,6 +168,12 @@ class RunLock:
         if not record or record.get("host") == host or not heartbeat_says_live(record, time.time(), host):
             return
         beat = record.get("heartbeat")
+        print(
+            f"slmc-hpc: {self.path} was held by {describe_holder(record)}, which never released it; waiting until "
+            "its heartbeat is stale, in case locks on this filesystem are per node",
+            file=sys.stderr,
+            flush=True,
+        )
         while heartbeat_says_live(record, time.time(), host):
             time.sleep(1.0)
             latest = read_record(self.path)
