@@ -1,9 +1,9 @@
 """The run driver: the phases of a run, checkpoints, signals and the progress bar (DESIGN §2, §4, §5).
 
 exact:  thermalize (sweeps) -> production
-slmc:   warmup (exact sweeps, first training data) -> train (rounds) -> freeze -> thermalize (outer
-        steps with the frozen H_eff) -> production; with `effective.load`, the stored model is
-        frozen at once and the run starts at thermalize.
+slmc:   warmup (optional exact sweeps) -> train (rounds, from H_eff = 0 or from `effective.init`) ->
+        freeze -> tune (the inner chain, where `auto`) -> thermalize (outer steps with the frozen
+        H_eff) -> production; with `effective.load`, the stored model is frozen at once.
 
 Every rank runs its own chains; with `evaluator.kind: slepc` the world is split into groups of
 `ranks_per_config` ranks that share one diagonalisation and hold identical chains, and only a
@@ -58,8 +58,8 @@ def phases(config: Config) -> tuple[str, ...]:
     if config.sampler.kind == "exact":
         return ("thermalize", "production")
     if config.effective.load is not None:
-        return ("freeze", "thermalize", "production")
-    return ("warmup", "train", "freeze", "thermalize", "production")
+        return ("freeze", "tune", "thermalize", "production")
+    return ("warmup", "train", "freeze", "tune", "thermalize", "production")
 
 
 def _now_iso() -> str:
@@ -167,6 +167,8 @@ class Run:
         )
         self.effective = None
         self.learner = None
+        #: The production inner chain (sweeps, block): the sampler's values, `auto` until the tune phase.
+        self.inner = (config.sampler.inner_sweeps, config.sampler.inner_block)
         if config.sampler.kind == "slmc":
             self.effective = self._load_effective() if config.effective.load else self._new_effective()
         self.history: dict[str, list[float]] = {name: [] for name in TRAINING_NAMES}
@@ -213,6 +215,9 @@ class Run:
             raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: its spins do not fit a {self.model.lattice} lattice")
         c = ckpt.counters
         self.progress = Progress(str(c["phase"]), int(c["step"]), int(c["measurements"]), int(c["rounds"]))
+        if "inner_sweeps" in c:
+            stored = (c["inner_sweeps"], c["inner_block"])
+            self.inner = tuple(value if value == "auto" else int(value) for value in stored)
         if self.progress.phase == DONE and self.progress.measurements < self.config.sampler.measurements:
             # A finished run whose production is extended: its chains continue where they stopped.
             done = self.progress.measurements
@@ -242,24 +247,44 @@ class Run:
         self._make_learner(ckpt)
 
     def _new_effective(self):
-        from slmc_hpc.effective import make_effective
+        """An untrained model (H_eff = 0), or with `effective.init` a stored one carried to this lattice."""
+        from slmc_hpc.effective import check_architecture, make_effective, transfer
+        from slmc_hpc.effective.training import proposal_for_lattice
 
-        return make_effective(self.config.effective, self.model.lattice)
+        init = self.config.effective.init
+        if init is None:
+            return make_effective(self.config.effective, self.model.lattice)
+        stored, stored_lattice = self._read_stored("init")
+        check_architecture(stored, self.config.effective, init, allow_other_n_J=True)
+        model = transfer(stored, self.model.lattice, self.config.effective, stored_lattice.n_sites)
+        proposal_for_lattice(model, self.model.T, self.config.seed)
+        return model
 
     def _load_effective(self):
-        """The trained model stored in the run file that `effective.load` names."""
+        """The trained model stored in the run file that `effective.load` names (frozen)."""
+        from slmc_hpc.effective import check_architecture
+        from slmc_hpc.effective.training import proposal_for_lattice
+
+        model, _ = self._read_stored("load")
+        check_architecture(model, self.config.effective, self.config.effective.load)
+        if getattr(model, "proposal", False) is None:  # trained on another lattice: refit, no diagonalisation
+            proposal_for_lattice(model, self.model.T, self.config.seed)
+        return model
+
+    def _read_stored(self, key: str):
+        """(model rebuilt on this lattice, the lattice it was trained on) from the file `effective.<key>` names."""
         import h5py
 
-        from slmc_hpc.io.model import read_model
+        from slmc_hpc.io.model import read_model, stored_lattice
 
-        load = self.config.effective.load
+        path = getattr(self.config.effective, key)
         try:
-            with h5py.File(load, "r", locking=False) as f:
+            with h5py.File(path, "r", locking=False) as f:
                 if "model" not in f:
-                    raise InputError(f"effective.load: {load} holds no /model group (not a trained run?)")
-                return read_model(f["model"], self.model.lattice)[0]
+                    raise InputError(f"effective.{key}: {path} holds no /model group (not a trained run?)")
+                return read_model(f["model"], self.model.lattice)[0], stored_lattice(f["model"])
         except OSError as exc:
-            raise InputError(f"effective.load: cannot read {load}: {exc}") from None
+            raise InputError(f"effective.{key}: cannot read {path}: {exc}") from None
 
     def _make_learner(self, ckpt: Checkpoint | None = None) -> None:
         """The self-learning loop, only while warmup or training remain to be done."""
@@ -277,11 +302,10 @@ class Run:
             inner_block=self.config.sampler.inner_block,
         )
         if ckpt is not None:
-            state = {
-                "data": unpack_state(ckpt.rank_blobs[0]["data"]),
-                "round": self.progress.rounds,
-                "history": ckpt.history,
-            }
+            blobs = ckpt.rank_blobs[0]
+            state = {"data": unpack_state(blobs["data"]), "round": self.progress.rounds, "history": ckpt.history}
+            if "validation" in blobs:
+                state["validation"] = unpack_state(blobs["validation"])
             if "trainer" in ckpt.blobs:
                 state["trainer"] = unpack_state(ckpt.blobs["trainer"])
             self.learner.load_state_dict(state)
@@ -339,15 +363,26 @@ class Run:
             del self.runfile.file["model"]
         write_model(self.runfile.file.create_group("model"), self.effective, self._history_arrays(), frozen=True)
         self.runfile.flush()
-        s = self.config.sampler
-        if s.kind == "slmc" and s.inner_block > 0 and self._slmc_sampler().mode == "plain":
+
+    def _phase_tune(self) -> None:
+        """Measure the inner chains that are `auto` with the frozen H_eff and fix them for production."""
+        from slmc_hpc.samplers.tuning import tune_inner_chain
+
+        if "auto" in self.inner:
+            rows = []
+            sweeps, block, trials = tune_inner_chain(
+                self.evaluator, self.effective, self.state, *self.inner, comm=self.topo.comm, report=rows.append
+            )
+            self.inner = (sweeps, block)
+            self.runfile.set_attrs(tune_outer_steps=sum(trial.steps for trial in trials))
             if self.topo.rank == 0:
-                print(
-                    f"slmc-hpc: sampler.inner_block = {s.inner_block} is not used: the model of effective.load "
-                    "has no proposal model for this lattice, so every inner move is evaluated with H_eff",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                table = "".join(f"slmc-hpc:   {trial.row()}\n" for trial in rows)
+                sys.stderr.write(f"slmc-hpc: inner chain measured with the frozen H_eff:\n{table}")
+        mode = self._slmc_sampler().mode
+        self.runfile.set_attrs(inner_sweeps=int(self.inner[0]), inner_block=int(self.inner[1]), inner_mode=mode)
+        if self.topo.rank == 0:
+            sweeps, block = self.inner
+            sys.stderr.write(f"slmc-hpc: production inner chain: inner_sweeps {sweeps}, inner_block {block} ({mode})\n")
 
     def _phase_thermalize(self) -> None:
         self._loop("thermalize", self.config.sampler.thermalization, self._sampler_step(), measuring=False)
@@ -370,8 +405,10 @@ class Run:
         return run_step
 
     def _slmc_sampler(self) -> SLMCSampler:
-        s = self.config.sampler
-        return SLMCSampler(self.evaluator, self.effective, s.inner_sweeps, s.inner_block)
+        sweeps, block = self.inner
+        if "auto" in self.inner:  # only before the tune phase (thermalize/production always come after it)
+            raise RuntimeError("the inner chain is used before it was tuned")
+        return SLMCSampler(self.evaluator, self.effective, sweeps, block)
 
     def _loop(self, phase: str, total: int, step, measuring: bool) -> None:
         """Run `step` until the phase has `total` steps, measuring and deciding at every step boundary."""
@@ -478,7 +515,12 @@ class Run:
             topo.comm.send(self._learner_blobs(), dest=0, tag=CHECKPOINT_TAG)
         if topo.rank == 0:
             parts = [part for part in gathered if part is not None]
-            counters = {**self.progress.counters(), "window_steps": self.window.steps}
+            counters = {
+                **self.progress.counters(),
+                "window_steps": self.window.steps,
+                "inner_sweeps": self.inner[0],
+                "inner_block": self.inner[1],
+            }
             ckpt = Checkpoint(
                 config_yaml=to_yaml(self.config),
                 config_sha256=config_sha256(self.config),
@@ -512,7 +554,8 @@ class Run:
             return {}
         from slmc_hpc.effective.training import pack_state
 
-        return {"data": pack_state(self.learner.data.state_dict())}
+        state = self.learner.state_dict()
+        return {"data": pack_state(state["data"]), "validation": pack_state(state["validation"])}
 
     def _trainer_blob(self) -> dict[str, bytes]:
         """Rank 0's optimizer state (npz bytes), stored once."""
