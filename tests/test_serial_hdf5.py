@@ -4,7 +4,7 @@ Debian ships both h5py builds; `SERIAL_H5PY` imports the serial one before slmc_
 otherwise make Debian pick the MPI build), as on a machine that has only a serial h5py, and then runs
 `python -m slmc_hpc` exactly. A one-process SLMC run made that way, stopped by SIGTERM in production and
 resumed, writes a run.h5 with the same layout as the MPI-IO file and `/samples`, `/model`, `/training` and
-results bitwise equal to the same job on 1 rank with the MPI build; status and analyze read it. Two ranks
+results bitwise equal to the same job on 1 rank with the MPI build; status, analyze and plot read it. Two ranks
 with the serial h5py are refused before anything runs: exit 2, one message, no file or directory.
 """
 
@@ -100,7 +100,7 @@ def test_one_process_with_serial_h5py_resumes_and_matches_the_mpi_build(tmp_path
         assert f.attrs["status"] == "finished" and f.attrs["mpi_size"] == 1
         assert f["samples"].attrs["n_measurements"] == 3000
 
-    # The finished run's results (written by the run itself) equal the MPI build's; analyze and status read it.
+    # The finished run's results (written by the run itself) equal the MPI build's; analyze, status, plot read it.
     results = json.loads((run_dir / "results.json").read_text())
     assert results == json.loads((reference / "results.json").read_text())
     (run_dir / "results.json").unlink()
@@ -108,6 +108,9 @@ def test_one_process_with_serial_h5py_resumes_and_matches_the_mpi_build(tmp_path
     assert json.loads((run_dir / "results.json").read_text()) == results
     status = serial_cli("status", run_dir).stdout
     assert "finished" in status and "3000 / 3000" in status
+    serial_cli("plot", run_dir)
+    plots = {path.name for path in (run_dir / "plots").iterdir()}
+    assert plots == {"autocorrelation.png", "structure_factor.png", "time_series.png", "training.png"}
 
 
 def test_two_ranks_with_serial_h5py_are_refused_before_anything_runs(tmp_path):
