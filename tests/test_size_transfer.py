@@ -47,7 +47,7 @@ def physics(size: int):
 def exact():
     """Exact local MC per lattice: per-chain means of the observables."""
     out = {}
-    for size, chains, sweeps in ((4, 32, 200), (6, 16, 120)):
+    for size, chains, sweeps in ((4, 24, 150), (6, 12, 90)):
         model, evaluator = physics(size)
         state = init_chains(evaluator, seed=500 + size, chains=range(chains))
         out[size] = sample(ExactLocalSampler(evaluator).sweep, model, state, steps=sweeps, thermalization=30)[0]

@@ -186,6 +186,9 @@ class TransformerModel:
         return heisenberg_features(self.effective_spins(spins), tables)
 
     # -- parameters -----------------------------------------------------------------------------
+    #: Trained by gradient steps (`Trainer`); the linear read-out e0, couplings is solved exactly (`fit_linear`).
+    GRADIENT_PARAMETERS = ("attention",)
+
     #: Stored with the parameters once `fit_proposal` ran (checkpoint, /model), optional when reading.
     OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings")
 
