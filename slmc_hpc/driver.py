@@ -30,7 +30,7 @@ from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.io.checkpoint import Checkpoint, read_checkpoint, rng_from_text, rng_state_text, write_checkpoint
 from slmc_hpc.io.resume import CHECKPOINT_FILE, RUN_FILE, plan_start, status_report
 from slmc_hpc.io.runfile import SAMPLE_NAMES, TIMING_NAMES, TRAINING_NAMES, Layout, RunFile, package_versions
-from slmc_hpc.parallel import allreduce_sum, broadcast, local_chains, world
+from slmc_hpc.parallel import allgather, allreduce_sum, broadcast, local_chains, world
 from slmc_hpc.physics import DoubleExchange
 from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_chains, measure
 
@@ -128,6 +128,25 @@ def _collective(comm, rank: int, function, *args):
     return result
 
 
+def _on_every_rank(comm, function):
+    """Run `function` on every rank; if it raised InputError anywhere, raise it on all ranks (collectively).
+
+    For checks every rank makes on its own (reading `effective.load`): a rank that fails alone must
+    not leave the others waiting in the next collective.
+    """
+    result, error = None, None
+    try:
+        result = function()
+    except InputError as exc:
+        error = str(exc)
+    errors = [e for e in allgather(comm, error) if e is not None]
+    if errors:
+        exc = InputError(errors[0])
+        exc.collective = True
+        raise exc
+    return result
+
+
 # ------------------------------------------------------------------------------------ the run
 
 
@@ -170,7 +189,8 @@ class Run:
         #: The production inner chain (sweeps, block): the sampler's values, `auto` until the tune phase.
         self.inner = (config.sampler.inner_sweeps, config.sampler.inner_block)
         if config.sampler.kind == "slmc":
-            self.effective = self._load_effective() if config.effective.load else self._new_effective()
+            build = self._load_effective if config.effective.load else self._new_effective
+            self.effective = _on_every_rank(topo.comm, build)
         self.history: dict[str, list[float]] = {name: [] for name in TRAINING_NAMES}
         self.progress = Progress(self.phases[0])
         self.buffer: list[dict[str, np.ndarray]] = []

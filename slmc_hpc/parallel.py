@@ -49,6 +49,13 @@ def broadcast(comm, obj, root: int = 0):
     return comm.bcast(obj, root=root)
 
 
+def allgather(comm, obj) -> list:
+    """Every rank's object, in rank order, on every rank ([obj] without MPI)."""
+    if comm is None or comm.Get_size() == 1:
+        return [obj]
+    return comm.allgather(obj)
+
+
 def broadcast_array(comm, array: np.ndarray, root: int = 0) -> np.ndarray:
     """Rank `root`'s array, bit for bit, on every rank (in place, returned for convenience)."""
     if comm is not None and comm.Get_size() > 1:
