@@ -15,7 +15,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 export H5PY_ALWAYS_USE_MPI := 1
 
-.PHONY: install apt venv test test-cluster bench scaling lint demo clean
+.PHONY: install install-gpu apt venv test test-cluster bench scaling lint demo clean
 
 install: apt $(VENV)/.installed
 
@@ -39,6 +39,16 @@ $(VENV)/.installed: $(VENV)/bin/python requirements.txt setup.py
 	printf '%s\n%s\n' "$(PETSC_COMPLEX)" "$(SLEPC_COMPLEX)" > $(SITE)/slmc_complex_petsc.pth
 	$(PY) tools/check_stack.py
 	touch $@
+
+# CuPy for `evaluator.kind: cupy` on a GPU node (README, "GPU nodes"): CUPY is the wheel for the node's CUDA,
+# cupy-cuda11x, cupy-cuda12x or cupy-cuda13x. numpy stays Debian's (constraint file); CuPy 14 needs numpy 2,
+# so next to numpy 1.x CuPy is pinned below 14 (else pip walks back through ~790 MB of wheels to find that).
+CUPY ?= cupy-cuda12x
+install-gpu: install
+	@pin=$$($(PY) -c "import numpy; print('<14' if numpy.__version__.startswith('1.') else '')"); \
+	echo "pip install $(CUPY)$$pin (numpy pinned)"; \
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt "$(CUPY)$$pin"
+	$(PY) -c "import cupy; print('cupy', cupy.__version__, 'installed; on a GPU node check it: OMP_NUM_THREADS=1 $(PY) -m pytest -m gpu tests')"
 
 test: install
 	$(PY) -m ruff check slmc_hpc tests tools

@@ -26,6 +26,8 @@ ABORT_GRACE_S = 3.0
 # Set by mpirun (OpenMPI), Hydra/PMI-2 (MPICH, srun --mpi=pmi2) and PMIx (srun --mpi=pmix) in every
 # process before MPI_Init, so the rank is known without starting MPI.
 LAUNCHER_RANK_ENV = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+# The job's size, where the launcher exports it (OpenMPI; Hydra/PMI-2).
+LAUNCHER_SIZE_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
 def _mpi_already_initialised() -> bool:
@@ -52,6 +54,14 @@ def _rank_size(initialise: bool) -> tuple[int, int]:
     return (0 if rank is None else rank), 1
 
 
+def _job_size() -> int:
+    """Ranks in this job: from the launcher's environment if it says (MPI not started), else from MPI."""
+    for var in LAUNCHER_SIZE_ENV:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return _rank_size(initialise=True)[1]
+
+
 def _config(args: argparse.Namespace) -> Config:
     config = default_config() if args.config is None else load_config(args.config)
     return with_overrides(config, parse_overrides(args.set)) if args.set else config
@@ -66,6 +76,9 @@ def _run_dir(path: str) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)  # validated before anything touches the disk or MPI
+    from slmc_hpc.io.runfile import require_parallel_hdf5
+
+    require_parallel_hdf5(_job_size())  # several ranks but a serial h5py: refused before anything runs
     from slmc_hpc.driver import run_simulation
 
     run_simulation(config, force=args.force, fresh=args.fresh)

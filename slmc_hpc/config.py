@@ -38,25 +38,30 @@ evaluator:
   options: {}             # solver settings: slepc {eps_type, ds_method, tol, petsc_options}, cupy {device}
 effective:
   kind: transformer       # linear | transformer
-  n_J: 3                  # shells of the Heisenberg read-out
+  n_J: auto               # shells of the Heisenberg read-out (auto: every distance shell of the lattice)
   n_layers: 2             # transformer: attention layers
   n_att: 6                # transformer: attention over shells 0..n_att
-  load: null              # an earlier run's HDF5 file whose trained model to use (skips training)
+  load: null              # an earlier run's HDF5 file whose trained model to use (frozen: skips training)
+  init: null              # an earlier run's HDF5 file whose model starts the training (size transfer, fine-tuned)
 training:
-  warmup_sweeps: 100      # exact local MC sweeps that collect the first data
-  rounds: 5               # sample-then-train rounds
-  outer_steps_per_round: 50
-  steps_per_round: 200    # optimizer steps per round
+  warmup_sweeps: 0        # exact local MC sweeps before the rounds (N diagonalisations per kept sample)
+  rounds: 5               # sample-then-train rounds (the first linear_rounds fit the linear read-out only)
+  linear_rounds: 2        # rounds that start from H_eff = 0 and fit only the linear read-out (bootstrap)
+  outer_steps_per_round: 30
+  steps_per_round: 300    # most optimizer steps per round (a round stops early on the validation loss)
   batch_size: 64
-  lr: 1.0e-3
+  lr: 3.0e-3              # peak learning rate; cosine decay to lr/10 within each round
   weight_decay: 1.0e-4
   max_samples: 20000      # per rank: training configurations kept (oldest dropped first)
+  validation_fraction: 0.2  # of the exactly evaluated configurations, held out (never trained on)
+  validate_every: 10      # optimizer steps between validation losses
+  patience: 4             # validations without improvement that end a round
 sampler:
   kind: slmc              # exact | slmc
   chains_per_rank: 8
-  inner_sweeps: 1         # slmc: inner sweeps (N proposals each) per outer step
-  inner_block: 0          # slmc + transformer: moves per sub-chain under the fitted linear proposal (0: none)
-  thermalization: 100     # outer steps (slmc) or sweeps (exact) before measuring
+  inner_sweeps: auto      # slmc: inner sweeps (N proposals each) per outer step (auto: measured, see tune)
+  inner_block: auto       # slmc + transformer: moves per sub-chain under the fitted linear proposal (0: none)
+  thermalization: 50      # outer steps (slmc) or sweeps (exact) before measuring
   measurements: 1000
   measure_every: 1
 output:
@@ -93,30 +98,35 @@ class EvaluatorConfig:
 @dataclass(frozen=True)
 class EffectiveConfig:
     kind: str
-    n_J: int
+    n_J: int | str
     n_layers: int
     n_att: int
     load: str | None
+    init: str | None
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     warmup_sweeps: int
     rounds: int
+    linear_rounds: int
     outer_steps_per_round: int
     steps_per_round: int
     batch_size: int
     lr: float
     weight_decay: float
     max_samples: int
+    validation_fraction: float
+    validate_every: int
+    patience: int
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     kind: str
     chains_per_rank: int
-    inner_sweeps: int
-    inner_block: int
+    inner_sweeps: int | str
+    inner_block: int | str
     thermalization: int
     measurements: int
     measure_every: int
@@ -248,6 +258,23 @@ def _at_least(n: int):
     return _bounded(_integer, lambda v: v >= n, f">= {n}")
 
 
+AUTO = "auto"
+
+
+def _auto_or(rule: Callable[[str, Any], Any], meaning: str) -> Callable[[str, Any], Any]:
+    """`auto` (resolved by the run, per lattice: `meaning`) or a value that `rule` accepts."""
+
+    def check(path: str, value: Any) -> Any:
+        if value == AUTO:
+            return AUTO
+        try:
+            return rule(path, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (or auto: {meaning})") from None
+
+    return check
+
+
 _positive_number = _bounded(_number, lambda v: v > 0, "> 0")
 
 
@@ -268,26 +295,31 @@ RULES: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     },
     "effective": {
         "kind": _choice(*EFFECTIVE_KINDS),
-        "n_J": _at_least(1),
+        "n_J": _auto_or(_at_least(1), "every distance shell of the lattice"),
         "n_layers": _at_least(0),
         "n_att": _at_least(0),
         "load": _optional_text,
+        "init": _optional_text,
     },
     "training": {
         "warmup_sweeps": _at_least(0),
         "rounds": _at_least(0),
+        "linear_rounds": _at_least(0),
         "outer_steps_per_round": _at_least(1),
         "steps_per_round": _at_least(0),
         "batch_size": _at_least(1),
         "lr": _positive_number,
         "weight_decay": _bounded(_number, lambda v: v >= 0, ">= 0"),
         "max_samples": _at_least(1),
+        "validation_fraction": _bounded(_number, lambda v: 0 <= v < 1, ">= 0 and < 1"),
+        "validate_every": _at_least(1),
+        "patience": _at_least(1),
     },
     "sampler": {
         "kind": _choice(*SAMPLER_KINDS),
         "chains_per_rank": _at_least(1),
-        "inner_sweeps": _at_least(1),
-        "inner_block": _at_least(0),
+        "inner_sweeps": _auto_or(_at_least(1), "measured before production"),
+        "inner_block": _auto_or(_at_least(0), "measured before production"),
         "thermalization": _at_least(0),
         "measurements": _at_least(1),
         "measure_every": _at_least(1),
@@ -326,9 +358,15 @@ def _check_combinations(cfg: Config) -> None:
                 f"evaluator.options.{key}: not a setting of the {ev.kind} evaluator; expected one of: {expected}"
             )
         ev.options[key] = allowed[key](f"evaluator.options.{key}", value)
-    load = cfg.effective.load
-    if load is not None and not Path(load).is_file():
-        raise ConfigError(f"effective.load: file not found: {_show(load)} (an earlier run's run.h5 was expected)")
+    for key in ("load", "init"):
+        path = getattr(cfg.effective, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"effective.{key}: file not found: {_show(path)} (an earlier run's run.h5 was expected)")
+    if cfg.effective.load is not None and cfg.effective.init is not None:
+        raise ConfigError(
+            "effective.init: cannot be combined with effective.load (load freezes a trained model, init trains it "
+            "further); set one of them to null"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- loading

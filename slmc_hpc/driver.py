@@ -1,9 +1,9 @@
 """The run driver: the phases of a run and their loop, collective decisions, signals (DESIGN §2, §4, §5).
 
 exact:  thermalize (sweeps) -> production
-slmc:   warmup (exact sweeps, first training data) -> train (rounds) -> freeze -> thermalize (outer
-        steps with the frozen H_eff) -> production; with `effective.load`, the stored model is
-        frozen at once and the run starts at thermalize.
+slmc:   warmup (optional exact sweeps) -> train (rounds, from H_eff = 0 or from `effective.init`) ->
+        freeze -> tune (the inner chain, where `auto`) -> thermalize (outer steps with the frozen
+        H_eff) -> production; with `effective.load`, the stored model is frozen at once.
 
 Every rank runs its own chains; with `evaluator.kind: slepc` the world is split into groups of
 `ranks_per_config` ranks that share one diagonalisation and hold identical chains, and only a
@@ -35,7 +35,7 @@ from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.io.checkpoint import rng_from_text, rng_state_text
 from slmc_hpc.io.rundir import CHECKPOINT_FILE, RUN_FILE, RunDirectory, status_report
 from slmc_hpc.io.runfile import TIMING_NAMES, TRAINING_NAMES, RunFile, package_versions
-from slmc_hpc.parallel import Topology, allreduce_sum, on_root, ranks_on_this_node, world
+from slmc_hpc.parallel import Topology, allreduce_sum, on_every_rank, on_root, ranks_on_this_node, world
 from slmc_hpc.physics import DoubleExchange
 from slmc_hpc.recorder import FLUSH_MEASUREMENTS, Recorder, layout, write_failure
 from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_chains, measure
@@ -62,8 +62,8 @@ def phases(config: Config) -> tuple[str, ...]:
     if config.sampler.kind == "exact":
         return ("thermalize", "production")
     if config.effective.load is not None:
-        return ("freeze", "thermalize", "production")
-    return ("warmup", "train", "freeze", "thermalize", "production")
+        return ("freeze", "tune", "thermalize", "production")
+    return ("warmup", "train", "freeze", "tune", "thermalize", "production")
 
 
 def _now_iso() -> str:
@@ -139,8 +139,11 @@ class Run:
         )
         self.effective = None
         self.learner = None
+        #: The production inner chain (sweeps, block): the sampler's values, `auto` until the tune phase.
+        self.inner = (config.sampler.inner_sweeps, config.sampler.inner_block)
         if config.sampler.kind == "slmc":
-            self.effective = self._load_effective() if config.effective.load else self._new_effective()
+            build = self._load_effective if config.effective.load else self._new_effective
+            self.effective = on_every_rank(topo.comm, build)
         self.history: dict[str, list[float]] = {name: [] for name in TRAINING_NAMES}
         self.progress = Progress(self.phases[0])
         self.checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, topo, to_yaml(config), config_sha256(config))
@@ -191,6 +194,9 @@ class Run:
             raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: its spins do not fit a {self.model.lattice} lattice")
         c = ckpt.counters
         self.progress = Progress(str(c["phase"]), int(c["step"]), int(c["measurements"]), int(c["rounds"]))
+        if "inner_sweeps" in c:
+            stored = (c["inner_sweeps"], c["inner_block"])
+            self.inner = tuple(value if value == "auto" else int(value) for value in stored)
         if self.progress.phase == DONE and self.progress.measurements < self.config.sampler.measurements:
             # A finished run whose production is extended: its chains continue where they stopped.
             done = self.progress.measurements
@@ -223,15 +229,35 @@ class Run:
         return self.recorder.runfile
 
     def _new_effective(self):
-        from slmc_hpc.effective import make_effective
+        """An untrained model (H_eff = 0), or with `effective.init` a stored one carried to this lattice."""
+        from slmc_hpc.effective import check_architecture, make_effective, transfer
+        from slmc_hpc.effective.training import proposal_for_lattice
 
-        return make_effective(self.config.effective, self.model.lattice)
+        init = self.config.effective.init
+        if init is None:
+            return make_effective(self.config.effective, self.model.lattice)
+        stored, stored_lattice = self._read_stored("init")
+        check_architecture(stored, self.config.effective, init, allow_other_n_J=True)
+        model = transfer(stored, self.model.lattice, self.config.effective, stored_lattice.n_sites)
+        proposal_for_lattice(model, self.model.T, self.config.seed)
+        return model
 
     def _load_effective(self):
-        """The trained model stored in the run file that `effective.load` names."""
-        from slmc_hpc.io.model import load_model
+        """The trained model stored in the run file that `effective.load` names (frozen)."""
+        from slmc_hpc.effective import check_architecture
+        from slmc_hpc.effective.training import proposal_for_lattice
 
-        return load_model(self.config.effective.load, self.model.lattice)
+        model, _ = self._read_stored("load")
+        check_architecture(model, self.config.effective, self.config.effective.load)
+        if getattr(model, "proposal", False) is None:  # trained on another lattice: refit, no diagonalisation
+            proposal_for_lattice(model, self.model.T, self.config.seed)
+        return model
+
+    def _read_stored(self, key: str):
+        """(model rebuilt on this lattice, the lattice it was trained on) from the file `effective.<key>` names."""
+        from slmc_hpc.io.model import read_stored
+
+        return read_stored(getattr(self.config.effective, key), f"effective.{key}", self.model.lattice)
 
     def _make_learner(self) -> None:
         """The self-learning loop, only while warmup or training remain to be done."""
@@ -248,8 +274,8 @@ class Run:
             inner_sweeps=self.config.sampler.inner_sweeps,
             inner_block=self.config.sampler.inner_block,
         )
-        # Restored at once from a checkpoint being resumed; each rank keeps its own training data.
-        self.checkpointer.register("learner", self.learner, local=("data",))
+        # Restored at once from a checkpoint being resumed; each rank keeps its own training and validation data.
+        self.checkpointer.register("learner", self.learner, local=("data", "validation"))
 
     # -- the phase loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -306,15 +332,26 @@ class Run:
             del self.runfile.file["model"]
         write_model(self.runfile.file.create_group("model"), self.effective, self._history_arrays(), frozen=True)
         self.runfile.flush()
-        s = self.config.sampler
-        if s.kind == "slmc" and s.inner_block > 0 and self._slmc_sampler().mode == "plain":
+
+    def _phase_tune(self) -> None:
+        """Measure the inner chains that are `auto` with the frozen H_eff and fix them for production."""
+        from slmc_hpc.samplers.tuning import tune_inner_chain
+
+        if "auto" in self.inner:
+            rows = []
+            sweeps, block, trials = tune_inner_chain(
+                self.evaluator, self.effective, self.state, *self.inner, comm=self.topo.comm, report=rows.append
+            )
+            self.inner = (sweeps, block)
+            self.runfile.set_attrs(tune_outer_steps=sum(trial.steps for trial in trials))
             if self.topo.rank == 0:
-                print(
-                    f"slmc-hpc: sampler.inner_block = {s.inner_block} is not used: the model of effective.load "
-                    "has no proposal model for this lattice, so every inner move is evaluated with H_eff",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                table = "".join(f"slmc-hpc:   {trial.row()}\n" for trial in rows)
+                sys.stderr.write(f"slmc-hpc: inner chain measured with the frozen H_eff:\n{table}")
+        mode = self._slmc_sampler().mode
+        self.runfile.set_attrs(inner_sweeps=int(self.inner[0]), inner_block=int(self.inner[1]), inner_mode=mode)
+        if self.topo.rank == 0:
+            sweeps, block = self.inner
+            sys.stderr.write(f"slmc-hpc: production inner chain: inner_sweeps {sweeps}, inner_block {block} ({mode})\n")
 
     def _phase_thermalize(self) -> None:
         self._loop("thermalize", self.config.sampler.thermalization, self._sampler_step(), measuring=False)
@@ -337,8 +374,10 @@ class Run:
         return run_step
 
     def _slmc_sampler(self) -> SLMCSampler:
-        s = self.config.sampler
-        return SLMCSampler(self.evaluator, self.effective, s.inner_sweeps, s.inner_block)
+        sweeps, block = self.inner
+        if "auto" in self.inner:  # only before the tune phase (thermalize/production always come after it)
+            raise RuntimeError("the inner chain is used before it was tuned")
+        return SLMCSampler(self.evaluator, self.effective, sweeps, block)
 
     def _loop(self, phase: str, total: int, step, measuring: bool) -> None:
         """Run `step` until the phase has `total` steps, measuring and deciding at every step boundary."""
@@ -447,7 +486,12 @@ class Run:
                 "window_acceptance": self.window.acceptance,
             }
             rngs = [rng_state_text(rng) for rng in self.state.rngs]
-        counters = {**self.progress.counters(), "window_steps": self.window.steps}
+        counters = {
+            **self.progress.counters(),
+            "window_steps": self.window.steps,
+            "inner_sweeps": self.inner[0],
+            "inner_block": self.inner[1],
+        }
         self.checkpointer.save(counters, rows, rngs)
         self.last_checkpoint = time.monotonic()
         self.window.seconds["io"] += time.perf_counter() - start

@@ -55,6 +55,13 @@ def broadcast(comm, obj, root: int = 0):
     return comm.bcast(obj, root=root)
 
 
+def allgather(comm, obj) -> list:
+    """Every rank's object, in rank order, on every rank ([obj] without MPI)."""
+    if comm is None or comm.Get_size() == 1:
+        return [obj]
+    return comm.allgather(obj)
+
+
 def broadcast_array(comm, array: np.ndarray, root: int = 0) -> np.ndarray:
     """Rank `root`'s array, bit for bit, on every rank (in place, returned for convenience)."""
     if comm is not None and comm.Get_size() > 1:
@@ -114,6 +121,25 @@ def on_root(comm, function: Callable[..., Any], *args) -> Any:
     result, error = broadcast(comm, (result, error))
     if error is not None:
         exc = InputError(error)
+        exc.collective = True
+        raise exc
+    return result
+
+
+def on_every_rank(comm, function: Callable[[], Any]) -> Any:
+    """Run `function` on every rank; if it raised InputError anywhere, raise it on all ranks (collectively).
+
+    For checks every rank makes on its own (reading `effective.load`): a rank that fails alone must
+    not leave the others waiting in the next collective.
+    """
+    result, error = None, None
+    try:
+        result = function()
+    except InputError as exc:
+        error = str(exc)
+    errors = [e for e in allgather(comm, error) if e is not None]
+    if errors:
+        exc = InputError(errors[0])
         exc.collective = True
         raise exc
     return result

@@ -139,7 +139,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     refused = mpirun(1, ["-m", "slmc_hpc", "run", str(config)], check=False)
     assert refused.returncode == 2 and "holds 4 chains, this run has 2" in refused.stderr
 
-    # A missing checkpoint next to an unfinished run.h5 is refused (--force would start afresh).
+    # A missing checkpoint next to a run.h5 with measurements is refused (only --fresh would start afresh).
     checkpoint.rename(run_dir / "moved.h5")
     refused = run_cli(2, config, check=False)
     assert refused.returncode == 2 and "checkpoint.h5 is missing" in refused.stderr

@@ -1,4 +1,7 @@
-"""Fail `make install` loudly if the stack is not the one the code needs (see STACK.md)."""
+"""Fail `make install` loudly if the stack is not the one the code needs (README: Quick start, Installing on a cluster).
+
+It asserts the MPI h5py that runs on several ranks need; one process also runs with a serial h5py (README: GPU nodes).
+"""
 
 import os
 import sys

@@ -38,24 +38,71 @@ class EffectiveModel(Protocol):
     def n_parameters(self) -> int: ...
 
 
+def readout_shells(n_J: int | str, lattice: Lattice) -> int:
+    """`effective.n_J` on `lattice`: `auto` is every distance shell of the torus (the read-out is a dense
+    N x N coupling matrix whatever n_J, so all shells cost the transformer nothing more, and the linear
+    model's compiled chain stays far cheaper than one diagonalisation)."""
+    return lattice.n_distance_shells if n_J == "auto" else int(n_J)
+
+
 def make_effective(effective_config, lattice: Lattice) -> EffectiveModel:
     """Build the model named in `effective.kind` from an object with kind, n_J, n_layers, n_att.
 
-    Only the architecture is built here (untrained: zero couplings); `effective.load` is the
-    driver's business (it reads the stored parameters with `slmc_hpc.io.model.read_model`).
+    Only the architecture is built here (untrained: zero couplings, H_eff = 0); `effective.load`
+    and `effective.init` are the driver's business (`slmc_hpc.io.model.read_model`, `transfer`).
     """
     kind = effective_config.kind
+    n_J = readout_shells(effective_config.n_J, lattice)
     if kind == "linear":
         from slmc_hpc.effective.linear import LinearModel
 
-        return LinearModel(lattice, n_J=int(effective_config.n_J))
+        return LinearModel(lattice, n_J=n_J)
     if kind == "transformer":
         from slmc_hpc.effective.transformer import TransformerModel
 
         return TransformerModel(
-            lattice,
-            n_J=int(effective_config.n_J),
-            n_layers=int(effective_config.n_layers),
-            n_att=int(effective_config.n_att),
+            lattice, n_J=n_J, n_layers=int(effective_config.n_layers), n_att=int(effective_config.n_att)
         )
     raise ValueError(f"unknown effective model kind {kind!r}; expected one of {KINDS}")
+
+
+def check_architecture(stored, effective_config, source: str, allow_other_n_J: bool = False) -> None:
+    """Refuse a stored model that is not what the job's `effective` section asks for, naming the key.
+
+    An explicit `n_J` must match unless the read-out is refitted anyway (`allow_other_n_J`, size
+    transfer); `auto` takes the stored model's.
+    """
+    from slmc_hpc.errors import InputError
+
+    wanted = {"kind": effective_config.kind}
+    if effective_config.kind == "transformer":
+        wanted.update(n_layers=int(effective_config.n_layers), n_att=int(effective_config.n_att))
+    if effective_config.n_J != "auto" and not allow_other_n_J:
+        wanted["n_J"] = int(effective_config.n_J)
+    for key, value in wanted.items():
+        found = getattr(stored, key, None)
+        if found != value:
+            raise InputError(
+                f"effective.{key}: the job asks for {value}, but the model in {source} has {found}; "
+                f"set effective.{key}: {found} in the job, or train a new model"
+            )
+
+
+def transfer(stored, lattice: Lattice, effective_config, stored_sites: int) -> EffectiveModel:
+    """A model of the job's architecture on `lattice`, started from `stored` (trained on any lattice).
+
+    The parameters are per shell, so they carry over: attention weights as they are, read-out
+    couplings J_n shell by shell (shells the stored model lacks start at 0, extra ones are dropped),
+    and E_0 scaled by the number of sites (`stored_sites` -> N: Ω is extensive). Training refits the read-out exactly on
+    this lattice's data before anything else.
+    """
+    model = make_effective(effective_config, lattice)
+    carried = {name: value for name, value in stored.parameters().items() if not name.startswith("proposal")}
+    parameters = {**model.parameters(), **carried}
+    couplings = np.zeros(model.n_J)
+    old = np.asarray(stored.parameters()["couplings"], dtype=np.float64)
+    couplings[: min(len(old), model.n_J)] = old[: model.n_J]
+    parameters["couplings"] = couplings
+    parameters["e0"] = np.asarray(stored.parameters()["e0"], dtype=np.float64) * lattice.n_sites / stored_sites
+    model.set_parameters(parameters)
+    return model

@@ -19,8 +19,10 @@ import torch
 from slmc_hpc import parallel
 from slmc_hpc.errors import TrainingError
 
-#: spawn_key tag of the minibatch streams (chain streams use spawn_key=(chain,), so they never collide).
+#: spawn_key tags of the minibatch streams and of the proposal refit on a new lattice (chain streams
+#: use spawn_key=(chain,), a 1-tuple, so these 2- and 3-tuples never collide with them).
 MINIBATCH_STREAM = 0x5452
+PROPOSAL_STREAM = 0x5052
 
 
 def fit_linear(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
@@ -43,10 +45,15 @@ def fit_linear(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
     return mean_squared_error(model, spins, omega, comm)
 
 
+def predict(model, spins: np.ndarray) -> np.ndarray:
+    """H_eff of a whole data set, in chunks where the model needs them ([B, N, N] per layer)."""
+    return model.energy_chunked(spins) if hasattr(model, "energy_chunked") else model.energy(spins)
+
+
 def mean_squared_error(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
     """Global mean of ((Ω - H_eff)/N)² over every rank's data."""
     n_sites = model.lattice.n_sites
-    local = ((np.asarray(omega) - model.energy(spins)) / n_sites) ** 2 if len(omega) else np.zeros(0)
+    local = ((np.asarray(omega) - predict(model, spins)) / n_sites) ** 2 if len(omega) else np.zeros(0)
     total, count = parallel.allreduce_sum(comm, np.array([local.sum(), float(local.size)]))
     return float(total / count) if count else float("nan")
 
@@ -57,6 +64,11 @@ class Trainer:
     Minibatches: each rank draws `batch_size` of its own samples per step (without replacement)
     from a generator seeded by (seed, rank, call counter); the counter is part of the state, so a
     restart from `state_dict()` continues bit for bit.
+
+    Only the parameters named in the model's `GRADIENT_PARAMETERS` (all, if it has none) are
+    optimized. The transformer's read-out (E_0, J_n) is linear and solved exactly by `fit_linear`
+    around every round; AdamW steps of size ~lr on couplings of size ~1e-2 and on an extensive
+    E_0 would only spoil it (measured: a 40x worse validation loss after 300 steps at L = 12).
     """
 
     def __init__(self, model, training_config, n_sites: int, comm=None, seed: int = 0):
@@ -64,7 +76,10 @@ class Trainer:
         self.rank = comm.Get_rank() if comm is not None else 0
         self.batch_size = int(training_config.batch_size)
         self.module = model.torch_module()
-        self.named = list(self.module.named_parameters())
+        trained = getattr(model, "GRADIENT_PARAMETERS", None)
+        self.named = [(name, p) for name, p in self.module.named_parameters() if trained is None or name in trained]
+        for name, p in self.module.named_parameters():
+            p.requires_grad_(trained is None or name in trained)
         self.params = [p for _, p in self.named]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=float(training_config.lr), weight_decay=float(training_config.weight_decay), foreach=False
@@ -116,31 +131,74 @@ class Trainer:
         """
         rng = self._minibatch_rng()
         self.call_count += 1
-        n_local = len(omega)
-        losses = np.empty(steps)
-        for k in range(steps):
-            started = time.perf_counter()
-            batch = rng.choice(n_local, size=min(self.batch_size, n_local), replace=False) if n_local else []
-            local = self._local_sums(spins[batch], np.asarray(omega)[batch])
-            reducing = time.perf_counter()
-            sums = parallel.allreduce_sum(self.comm, local)
-            self.seconds["allreduce"] += time.perf_counter() - reducing
-            count = sums[1]
-            if count == 0:
-                raise TrainingError("no training data on any rank")
-            loss, gradient = sums[0] / count, sums[2:] / count
-            if not (np.isfinite(loss) and np.all(np.isfinite(gradient))):
-                self._fail(f"non-finite loss or gradient at training step {self.step_count}: loss = {loss}")
-            last_good = self.state_dict()
-            self._apply(gradient)
-            if not all(torch.isfinite(p).all() for p in self.params):
-                self.load_state_dict(last_good)
-                self._fail(f"non-finite parameters after training step {self.step_count}: loss = {loss}")
-            self.step_count += 1
-            losses[k] = loss
-            self.seconds["step"] += time.perf_counter() - started
+        losses = np.array([self._step(rng, spins, omega) for _ in range(steps)])
         self._synchronise()
         return losses
+
+    def _step(self, rng: np.random.Generator, spins: np.ndarray, omega: np.ndarray) -> float:
+        """One AdamW step on a minibatch of every rank's data; the global minibatch loss."""
+        started = time.perf_counter()
+        n_local = len(omega)
+        batch = rng.choice(n_local, size=min(self.batch_size, n_local), replace=False) if n_local else []
+        local = self._local_sums(spins[batch], np.asarray(omega)[batch])
+        reducing = time.perf_counter()
+        sums = parallel.allreduce_sum(self.comm, local)
+        self.seconds["allreduce"] += time.perf_counter() - reducing
+        count = sums[1]
+        if count == 0:
+            raise TrainingError("no training data on any rank")
+        loss, gradient = sums[0] / count, sums[2:] / count
+        if not (np.isfinite(loss) and np.all(np.isfinite(gradient))):
+            self._fail(f"non-finite loss or gradient at training step {self.step_count}: loss = {loss}")
+        last_good = self.state_dict()
+        self._apply(gradient)
+        if not all(torch.isfinite(p).all() for p in self.params):
+            self.load_state_dict(last_good)
+            self._fail(f"non-finite parameters after training step {self.step_count}: loss = {loss}")
+        self.step_count += 1
+        self.seconds["step"] += time.perf_counter() - started
+        return float(loss)
+
+    def train_round(
+        self, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray], schedule
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """At most `schedule.steps_per_round` steps under a cosine learning rate (lr -> lr/10), stopped
+        when the validation loss has not improved for `schedule.patience` validations (every
+        `schedule.validate_every` steps); the parameters with the best validation loss are kept.
+
+        Returns (minibatch loss per step, validation loss per validation). The decision to stop is
+        taken on rank 0's validation loss (broadcast), so every rank stops at the same step.
+        """
+        rng = self._minibatch_rng()
+        self.call_count += 1
+        steps, every = int(schedule.steps_per_round), int(getattr(schedule, "validate_every", 10))
+        patience = int(getattr(schedule, "patience", 4))
+        peak = float(schedule.lr)
+        best, best_loss, since_best = None, np.inf, 0
+        losses, validation_losses = [], []
+        for k in range(-1, steps):  # k = -1: the validation loss of the starting point
+            if k >= 0:
+                self.set_learning_rate(peak * (0.1 + 0.45 * (1.0 + np.cos(np.pi * k / steps))))
+                losses.append(self._step(rng, *train))
+                if (k + 1) % every and k + 1 < steps:
+                    continue
+            loss = float(parallel.broadcast(self.comm, mean_squared_error(self.model, *validation, self.comm)))
+            validation_losses.append(loss)
+            if not np.isfinite(loss):  # no validation data (validation_fraction 0): train every step
+                continue
+            if loss < best_loss:
+                best, best_loss, since_best = [p.detach().clone() for p in self.params], loss, 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+        if best is not None:
+            with torch.no_grad():
+                for p, value in zip(self.params, best, strict=True):
+                    p.copy_(value)
+        self.set_learning_rate(peak)
+        self._synchronise()
+        return np.array(losses), np.array(validation_losses)
 
     def set_learning_rate(self, lr: float) -> None:
         """For a schedule driven by the caller (e.g. decay over rounds); not part of `state_dict`."""
@@ -173,15 +231,16 @@ class Trainer:
 
     def _sync_model(self) -> None:
         """Copy the module's parameters into the model (a no-op for the transformer, whose module is live)."""
-        self.model.set_parameters({name: p.detach().numpy().copy() for name, p in self.named})
+        trained = {name: p.detach().numpy().copy() for name, p in self.named}
+        self.model.set_parameters({**self.model.parameters(), **trained})
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Flat dict of numpy arrays: counters, parameters, AdamW moments and step counts."""
+        """Flat dict of numpy arrays: counters, every parameter of the module, AdamW moments and step counts."""
         state = {"step_count": np.array(self.step_count), "call_count": np.array(self.call_count)}
+        state.update({f"param/{name}": p.detach().numpy().copy() for name, p in self.module.named_parameters()})
         adam = self.optimizer.state
         for name, p in self.named:
-            state[f"param/{name}"] = p.detach().numpy().copy()
             if p in adam and "exp_avg" in adam[p]:
                 state[f"exp_avg/{name}"] = adam[p]["exp_avg"].numpy().copy()
                 state[f"exp_avg_sq/{name}"] = adam[p]["exp_avg_sq"].numpy().copy()
@@ -194,8 +253,10 @@ class Trainer:
         optimizer_state = self.optimizer.state_dict()
         optimizer_state["state"] = {}
         with torch.no_grad():
-            for index, (name, p) in enumerate(self.named):
-                p.copy_(torch.from_numpy(np.asarray(state[f"param/{name}"], dtype=np.float64)).reshape(p.shape))
+            for name, p in self.module.named_parameters():
+                if f"param/{name}" in state:
+                    p.copy_(torch.from_numpy(np.asarray(state[f"param/{name}"], dtype=np.float64)).reshape(p.shape))
+            for index, (name, _) in enumerate(self.named):
                 if f"exp_avg/{name}" in state:
                     optimizer_state["state"][index] = {
                         "step": torch.tensor(float(state[f"adam_step/{name}"]), dtype=step_dtype),
@@ -268,27 +329,47 @@ def unpack_state(blob: bytes) -> dict[str, np.ndarray]:
 @dataclass
 class RoundResult:
     """One self-learning round: global outer acceptance, global number of stored samples, the loss per
-    optimizer step (minibatches; none for the linear model) and the loss on all data after the round."""
+    optimizer step (minibatches; none for linear rounds), the loss on the training data and on the
+    held-out validation data after the round's fit."""
 
     acceptance: float
     n_samples: int
     losses: np.ndarray
     data_loss: float = float("nan")
+    validation_loss: float = float("nan")
 
 
 #: Training history (DESIGN §5 `/training`): loss per optimizer step; per round the outer acceptance,
-#: the number of stored samples (all ranks) and the loss on all data after the round's fit.
-HISTORY = ("loss", "round_acceptance", "round_samples", "round_loss")
+#: the number of stored samples (all ranks, training + validation), the loss on the training data and
+#: on the held-out validation data after the round's fit, and the optimizer steps it took.
+HISTORY = ("loss", "round_acceptance", "round_samples", "round_loss", "round_validation_loss", "round_steps")
+
+#: Inner chain of the training rounds where the sampler's is `auto` (tuned only after training):
+#: 4 sweeps decorrelate the proposals from the chain they start from; sub-chains of N/2 moves.
+TRAINING_INNER_SWEEPS = 4
+
+
+def training_inner_chain(inner_sweeps, inner_block, n_sites: int) -> tuple[int, int]:
+    """(inner sweeps, inner block) of the training rounds for the sampler's settings (`auto` allowed)."""
+    sweeps = TRAINING_INNER_SWEEPS if inner_sweeps == "auto" else int(inner_sweeps)
+    block = max(1, n_sites // 2) if inner_block == "auto" else int(inner_block)
+    return sweeps, block
 
 
 class SelfLearning:
     """The resumable sample-then-train loop (DESIGN §3); the driver calls it between checkpoints.
 
+    Every exactly evaluated configuration becomes data: a fixed fraction (`validation_fraction`, by a
+    deterministic count) is held out for validation and never trained on, not even by the linear fits.
+    Bootstrap without exact sweeps: an untrained model is H_eff = 0, so the first round's proposals
+    are random configurations (one diagonalisation each); the first `linear_rounds` rounds fit only
+    the linear read-out (for the transformer: the all-shell Heisenberg model its attention starts
+    from), each round sampling with the previous fit. Later rounds take at most `steps_per_round`
+    AdamW steps (cosine schedule, stopped on the validation loss), refit the read-out exactly, and
+    refit the proposal model of the nested inner chain to the new H_eff.
+
     Explicit state (`state_dict`): this rank's data, the round index, the histories and the
     trainer (rank 0's copy is the one to store; `load_state_dict` broadcasts it). No file I/O.
-    The linear model is refitted on all data every round (its fit is exact); the transformer
-    takes `steps_per_round` AdamW steps, after which its read-out (E_0, J_n) is refitted exactly,
-    and then its proposal model (for the nested inner chain) is refitted to the new H_eff.
 
     >>> learner = SelfLearning(effective, evaluator, config.training, comm, seed, inner_sweeps)
     >>> learner.warmup(state, config.training.warmup_sweeps); learner.fit_initial()
@@ -302,13 +383,17 @@ class SelfLearning:
         training_config,
         comm=None,
         seed: int = 0,
-        inner_sweeps: int = 1,
-        inner_block: int = 0,
+        inner_sweeps: int | str = 1,
+        inner_block: int | str = 0,
     ):
         self.effective, self.evaluator, self.config, self.comm = effective, evaluator, training_config, comm
-        self.inner_sweeps, self.inner_block = int(inner_sweeps), int(inner_block)
         n_sites = evaluator.model.n_sites
+        self.inner_sweeps, self.inner_block = training_inner_chain(inner_sweeps, inner_block, n_sites)
         self.data = TrainingData(n_sites, getattr(training_config, "max_samples", None))
+        self.validation = TrainingData(n_sites, getattr(training_config, "max_samples", None))
+        self.validation_fraction = float(getattr(training_config, "validation_fraction", 0.0))
+        self.linear_rounds = int(getattr(training_config, "linear_rounds", 0))
+        self.seen = 0  # configurations this rank has split into training and validation data
         self.trainer = None
         if effective.kind != "linear":
             self.trainer = Trainer(effective, training_config, n_sites, comm=comm, seed=seed)
@@ -320,7 +405,20 @@ class SelfLearning:
         return float(total / count)
 
     def _global_samples(self) -> int:
-        return int(parallel.allreduce_sum(self.comm, np.array([float(len(self.data))]))[0])
+        return int(parallel.allreduce_sum(self.comm, np.array([float(len(self.data) + len(self.validation))]))[0])
+
+    def add(self, spins: np.ndarray, omega: np.ndarray) -> None:
+        """New exactly evaluated configurations: every k-th (k = 1/validation_fraction, by this rank's
+        running count, so the split survives restarts) goes to the validation data."""
+        omega = np.asarray(omega, dtype=np.float64).reshape(-1)
+        count = np.arange(self.seen, self.seen + len(omega))
+        held_out = np.floor((count + 1) * self.validation_fraction) > np.floor(count * self.validation_fraction)
+        self.seen += len(omega)
+        spins = np.asarray(spins, dtype=np.float64).reshape(len(omega), -1, 3)
+        if held_out.any():
+            self.validation.append(spins[held_out], omega[held_out])
+        if (~held_out).any():
+            self.data.append(spins[~held_out], omega[~held_out])
 
     def warmup(self, state, sweeps: int) -> float:
         """`sweeps` exact local MC sweeps, keeping the configuration after every sweep; global acceptance."""
@@ -329,12 +427,17 @@ class SelfLearning:
         sampler, accepted = ExactLocalSampler(self.evaluator), []
         for _ in range(sweeps):
             info = sampler.sweep(state)
-            self.data.append(info.proposed_spins, info.proposed_omega)
+            self.add(info.proposed_spins, info.proposed_omega)
             accepted.append(info.accepted)
         return self._global_mean(np.array(accepted)) if sweeps else float("nan")
 
     def fit_initial(self) -> float:
-        """Linear least-squares fit of E_0, J_n on all ranks' data (the transformer's read-out); global loss."""
+        """Linear least-squares fit of E_0, J_n on all ranks' warm-up data (the transformer's read-out).
+
+        Without warm-up data the model stays H_eff = 0 (the first round samples random configurations).
+        """
+        if self._global_samples() == 0:
+            return float("nan")
         loss = fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
         self._fit_proposal()
         return loss
@@ -353,15 +456,18 @@ class SelfLearning:
         accepted = []
         for _ in range(int(self.config.outer_steps_per_round)):
             info = sampler.step(state)
-            self.data.append(info.proposed_spins, info.proposed_omega)
+            self.add(info.proposed_spins, info.proposed_omega)
             accepted.append(info.accepted)
         acceptance = self._global_mean(np.array(accepted))
         losses = np.zeros(0)
-        if self.trainer is not None:
-            losses = self.trainer.train(*self.data.arrays(), int(self.config.steps_per_round))
+        if self.trainer is not None and self.round >= self.linear_rounds:
+            # Start from the exact read-out of the current attention on all data gathered so far.
+            fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
+            losses, _ = self.trainer.train_round(self.data.arrays(), self.validation.arrays(), self.config)
         # The read-out is linear in E_0, J_n: solve it exactly (for the transformer: for the trained
         # attention; this also removes the optimizer's noise on the small couplings).
         data_loss = fit_linear(self.effective, *self.data.arrays(), comm=self.comm)
+        validation_loss = mean_squared_error(self.effective, *self.validation.arrays(), comm=self.comm)
         self._fit_proposal()
         n_samples = self._global_samples()
         self.round += 1
@@ -369,11 +475,14 @@ class SelfLearning:
         self.history["round_acceptance"].append(acceptance)
         self.history["round_samples"].append(float(n_samples))
         self.history["round_loss"].append(data_loss)
-        return RoundResult(acceptance, n_samples, losses, data_loss)
+        self.history["round_validation_loss"].append(validation_loss)
+        self.history["round_steps"].append(float(len(losses)))
+        return RoundResult(acceptance, n_samples, losses, data_loss, validation_loss)
 
     def state_dict(self) -> dict:
         state = {
             "data": self.data.state_dict(),
+            "validation": {**self.validation.state_dict(), "seen": np.array(self.seen)},
             "round": self.round,
             "history": {name: np.array(values) for name, values in self.history.items()},
         }
@@ -384,9 +493,43 @@ class SelfLearning:
     def load_state_dict(self, state: dict) -> None:
         """Restore; `trainer` may be present on rank 0 only (it is broadcast), so every rank must call this."""
         self.data.load_state_dict(state["data"])
+        if "validation" in state:
+            validation = dict(state["validation"])
+            self.seen = int(validation.pop("seen"))
+            self.validation.load_state_dict(validation)
+        else:
+            self.seen = len(self.data)
         self.round = int(state["round"])
         self.history = {name: list(np.asarray(state["history"].get(name, []), dtype=np.float64)) for name in HISTORY}
         if self.trainer is not None:
             trainer_state = parallel.broadcast(self.comm, state.get("trainer"))
             if trainer_state is not None:
                 self.trainer.load_state_dict(trainer_state)
+
+
+def proposal_for_lattice(model, temperature: float, seed: int, configurations: int = 64, sweeps: int = 20) -> None:
+    """Refit a transferred model's proposal (nested inner chain) on this lattice without any diagonalisation.
+
+    H_eff itself gives the targets (`fit_proposal`); the configurations come from the compiled
+    Metropolis chain under the model's own linear read-out, then once more under the first fit.
+    Every rank draws the same configurations from `seed`, so every rank gets the same proposal.
+    """
+    from slmc_hpc.effective.linear import LinearModel
+    from slmc_hpc.physics import random_spins
+
+    if not hasattr(model, "fit_proposal"):
+        return
+    lattice = model.lattice
+    n = lattice.n_sites
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(PROPOSAL_STREAM, 0))))
+    chain = LinearModel(lattice, model.n_J)
+    chain.set_readout(0.0, model.parameters()["couplings"])
+    spins = np.stack([random_spins(rng, (n,)) for _ in range(configurations)])
+    for _ in range(2):
+        moves = sweeps * n
+        sites = rng.integers(0, n, (configurations, moves))
+        dirs = rng.standard_normal((configurations, moves, 3))
+        dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+        chain.metropolis_chain(spins, sites, dirs, rng.random((configurations, moves)), temperature)
+        model.fit_proposal(spins)
+        chain = model.proposal

@@ -36,6 +36,21 @@ def _shell_adjacencies(lattice: Lattice, shells: range) -> torch.Tensor:
     return torch.from_numpy(np.stack([lattice.shell_adjacency(n) for n in shells]))
 
 
+def _shell_pairs(lattice: Lattice, shells: range) -> torch.Tensor:
+    """[3, P] int64 (row i, column i+δ, shell index) for every δ of every shell: the read-out as a sparse sum.
+
+    All distance shells of a 32x32 lattice would make a dense [n_J, N, N] stack of 1.6 GB; the pair
+    list has ~1.6 N² entries whatever n_J.
+    """
+    rows, columns, index = [], [], []
+    for k, n in enumerate(shells):
+        table = lattice.neighbors(n)
+        rows.append(np.repeat(np.arange(lattice.n_sites), table.shape[1]))
+        columns.append(table.ravel())
+        index.append(np.full(table.size, k))
+    return torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(columns), np.concatenate(index)]))
+
+
 class _TransformerModule(torch.nn.Module):
     """The differentiable network; parameters named as in `TransformerModel.parameters()`."""
 
@@ -44,7 +59,7 @@ class _TransformerModule(torch.nn.Module):
         n = lattice.n_sites
         self.n_sites = n
         self.register_buffer("attention_adjacency", _shell_adjacencies(lattice, range(0, n_att + 1)))
-        self.register_buffer("readout_adjacency", _shell_adjacencies(lattice, range(1, n_J + 1)))
+        self.register_buffer("readout_pairs", _shell_pairs(lattice, range(1, n_J + 1)), persistent=False)
         generator = torch.Generator().manual_seed(INIT_SEED)
         attention = INIT_SCALE * torch.randn(n_layers, 3, n_att + 1, generator=generator, dtype=torch.float64)
         attention[:, 2] = 0.0  # values: the model starts as the linear model
@@ -61,7 +76,10 @@ class _TransformerModule(torch.nn.Module):
             torch.einsum("an,nij->aij", w * self.qkv_scale[:, None], self.attention_adjacency).reshape(3 * n, n)
             for w in self.attention
         ]
-        readout = torch.einsum("n,nij->ij", 0.5 * self.couplings, self.readout_adjacency)
+        rows, columns, shell = self.readout_pairs
+        readout = torch.zeros(n, n, dtype=self.couplings.dtype).index_put(
+            (rows, columns), 0.5 * self.couplings[shell], accumulate=True
+        )
         return mixers, readout
 
     def effective_spins(self, spins: torch.Tensor, mixers: list[torch.Tensor]) -> torch.Tensor:
@@ -102,7 +120,10 @@ class TransformerModel:
         self._cache: tuple | None = None
         #: Linear model over every distance shell, fitted to this H_eff (`fit_proposal`): the cheap
         #: proposal of the nested inner chain (`SLMCSampler(inner_block > 0)`). Not part of H_eff.
-        self.proposal = None
+        #: An untrained model is H_eff = 0, which the zero proposal matches exactly.
+        from slmc_hpc.effective.linear import LinearModel
+
+        self.proposal = LinearModel(lattice, lattice.n_distance_shells)
 
     # -- inference ------------------------------------------------------------------------------
     def _inference_matrices(self) -> tuple:
@@ -165,6 +186,9 @@ class TransformerModel:
         return heisenberg_features(self.effective_spins(spins), tables)
 
     # -- parameters -----------------------------------------------------------------------------
+    #: Trained by gradient steps (`Trainer`); the linear read-out e0, couplings is solved exactly (`fit_linear`).
+    GRADIENT_PARAMETERS = ("attention",)
+
     #: Stored with the parameters once `fit_proposal` ran (checkpoint, /model), optional when reading.
     OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings")
 

@@ -4,6 +4,10 @@ The spin-independent hopping matrix is uploaded once; per call only the spins tr
 the exchange blocks are added there (the same `DoubleExchange.add_exchange` as on the CPU: CuPy
 accepts its NumPy index arrays), and only the eigenvalues come back. Ω is then computed on the host
 in float64, by the same `grand_potential` as every other evaluator.
+
+Not yet run on a GPU by the project (no GPU machine was lent to the sessions that wrote it):
+`python -m pytest -m gpu tests` on a GPU node is the check (agreement with `dense` to 1e-10).
+Installing CuPy: README, "GPU nodes".
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ def import_cupy():
     except ImportError as exc:
         raise ConfigError(
             f"evaluator.kind: cupy needs CuPy ({exc}); "
-            "install cupy-cuda12x<14 on a GPU node or use evaluator.kind: dense"
+            "install the CuPy wheel for the node's CUDA (pip install -e '.[gpu]'; README: GPU nodes) "
+            "or use evaluator.kind: dense"
         ) from exc
     try:
         n_devices = cupy.cuda.runtime.getDeviceCount()

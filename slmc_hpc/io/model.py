@@ -37,10 +37,21 @@ def write_model(group: h5py.Group, model, history: dict | None = None, frozen: b
     group.attrs["n_att"] = int(getattr(model, "n_att", 0))
     group.attrs["n_parameters"] = int(model.n_parameters())
     group.attrs["frozen"] = bool(frozen)
+    group.attrs["lx"], group.attrs["ly"] = int(model.lattice.lx), int(model.lattice.ly)
     if history:
         target = group.require_group(HISTORY)
         for name, values in history.items():
             _replace(target, name, np.asarray(values))
+
+
+def stored_lattice(group: h5py.Group) -> Lattice:
+    """The lattice the stored model was trained on (attrs `lx`, `ly`; older files: the run's config)."""
+    if "lx" in group.attrs:
+        return Lattice(int(group.attrs["lx"]), int(group.attrs["ly"]))
+    from ruamel.yaml import YAML
+
+    model = YAML(typ="safe", pure=True).load(str(group.file.attrs["config_yaml"]))["model"]
+    return Lattice(int(model["lx"]), int(model["ly"]))
 
 
 def read_model(group: h5py.Group, lattice: Lattice):
@@ -56,7 +67,8 @@ def read_model(group: h5py.Group, lattice: Lattice):
     except KeyError as missing:
         raise InputError(f"{group.file.filename}:{group.name} holds no effective model (attribute {missing})") from None
     model = make_effective(architecture, lattice)
-    expected = model.parameters()
+    optional = getattr(model, "OPTIONAL_PARAMETERS", ())
+    expected = {name: value for name, value in model.parameters().items() if name not in optional}
     parameters = {}
     for name, value in expected.items():
         if name not in group or group[name].shape != value.shape:
@@ -65,7 +77,7 @@ def read_model(group: h5py.Group, lattice: Lattice):
                 f"{group.file.filename}:{group.name}/{name}: expected a parameter of shape {value.shape}, found {found}"
             )
         parameters[name] = group[name][()]
-    for name in getattr(model, "OPTIONAL_PARAMETERS", ()):
+    for name in optional:
         if name in group:
             parameters[name] = group[name][()]
     model.set_parameters(parameters)
@@ -73,12 +85,12 @@ def read_model(group: h5py.Group, lattice: Lattice):
     return model, history
 
 
-def load_model(path: str | Path, lattice: Lattice):
-    """The trained model stored in the run file `path` (`effective.load`), rebuilt on `lattice`."""
+def read_stored(path: str | Path, key: str, lattice: Lattice):
+    """(model rebuilt on `lattice`, the lattice it was trained on) from the run file `path` (config key `key`)."""
     try:
         with h5py.File(path, "r", locking=False) as f:
             if "model" not in f:
-                raise InputError(f"effective.load: {path} holds no /model group (not a trained run?)")
-            return read_model(f["model"], lattice)[0]
+                raise InputError(f"{key}: {path} holds no /model group (not a trained run?)")
+            return read_model(f["model"], lattice)[0], stored_lattice(f["model"])
     except OSError as exc:
-        raise InputError(f"effective.load: cannot read {path}: {exc}") from None
+        raise InputError(f"{key}: cannot read {path}: {exc}") from None

@@ -44,11 +44,29 @@ class Layout:
     rows: range | None
 
 
+def require_parallel_hdf5(n_ranks: int) -> None:
+    """Refuse a job of `n_ranks` > 1 ranks when this h5py is the serial build (they could not share run.h5).
+
+    One process needs no parallel HDF5 (a GPU workstation, a laptop); the CLI calls this before anything
+    runs or is written. Every rank imports the same h5py, so every rank raises it together (`collective`).
+    """
+    if n_ranks > 1 and not h5py.get_config().mpi:
+        exc = InputError(
+            f"{n_ranks} MPI ranks must write run.h5 together, which needs h5py built with MPI (parallel HDF5), "
+            f"but this h5py {h5py.__version__} is the serial build; run on one process, or install the MPI build "
+            "(README: Installing on a cluster)"
+        )
+        exc.collective = True
+        raise exc
+
+
 def open_parallel(path: str | Path, mode: str, comm) -> h5py.File:
-    """Open `path` collectively on `comm` with HDF5's MPI-IO driver (refusing a serial h5py)."""
-    if not h5py.get_config().mpi:
-        raise RuntimeError("h5py was built without MPI; set H5PY_ALWAYS_USE_MPI=1 or install the MPI build")
-    return h5py.File(path, mode, driver="mpio", comm=comm)
+    """Open `path` on every rank of `comm`: with HDF5's MPI-IO driver where h5py has it, else (one process
+    only, see `require_parallel_hdf5`) with the default serial driver. The file's format is the same."""
+    if h5py.get_config().mpi:
+        return h5py.File(path, mode, driver="mpio", comm=comm)
+    require_parallel_hdf5(comm.Get_size())
+    return h5py.File(path, mode)
 
 
 def _chunk_length(bytes_per_column: int) -> int:

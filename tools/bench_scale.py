@@ -1,0 +1,193 @@
+"""Self-learning that scales (issue 9): whole runs, training included, at the lattice sizes users come for.
+
+For each size it runs, one after the other on the same machine, real `slmc-hpc run` jobs on
+`--ranks` MPI ranks:
+
+- transformer SLMC: the embedded defaults with only `model.lx`, `model.ly` and `output.dir` changed
+  (the job a new user writes);
+- linear SLMC over all distance shells, the same job with `effective.kind: linear` (the strongest
+  linear model, with the same self-learning and the same tuned inner chain);
+- the exact local MC, short (`--exact-sweeps`): its time per sweep is measured; its τ_int(ms) comes
+  from the Γ-method where the run is at least 20 τ long, and is otherwise taken from the largest
+  smaller size where it was (said in the table), since τ of local MC in sweeps grows slowly with L.
+
+Per run it prints the self-learning time (warmup + train + tune phases), production acceptance,
+τ_int(ms), production ESS/s of ms, ESS(ms) per exact diagonalisation (training, tuning,
+thermalization and production all counted), and the wall time to ESS(ms) = 1000 including
+training (self-learning + thermalization + 1000 / production ESS rate). Ratios are against the
+exact local MC measured in the same invocation.
+
+    .venv/bin/python tools/bench_scale.py                      # L = 8, 12, 16 (about an hour on 2 cores)
+    .venv/bin/python tools/bench_scale.py --sizes 12 --json bench_out/L12.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from ruamel.yaml import YAML
+
+from slmc_hpc.analysis import analyze_run
+from slmc_hpc.config import config_from_dict, to_yaml
+from slmc_hpc.parallel import launcher_env
+
+TARGET_ESS = 1000.0
+
+
+def run_job(settings: dict, run_dir: Path, ranks: int) -> float:
+    config_path = run_dir.with_suffix(".yaml")
+    config_path.write_text(to_yaml(config_from_dict({**settings, "output": {"dir": str(run_dir)}})))
+    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "slmc_hpc", "run", str(config_path)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=launcher_env(threads=1), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    (run_dir / "stderr.log").write_text(proc.stderr)
+    return time.perf_counter() - start
+
+
+def results_of(run_dir: Path) -> dict:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return analyze_run(run_dir)
+
+
+def summarize_slmc(run_dir: Path, wall: float) -> dict:
+    with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
+        attrs = f.attrs
+        seconds = {k[len("seconds_") :]: float(v) for k, v in attrs.items() if k.startswith("seconds_")}
+        n_chains, steps = f["samples"]["omega"].shape
+        acceptance = float(np.mean(f["samples"]["acceptance"][()]))
+        training_samples = float(f["training"]["round_samples"][-1]) if len(f["training"]["round_samples"]) else 0.0
+        tune_steps = int(attrs.get("tune_outer_steps", 0))
+        inner = (int(attrs["inner_sweeps"]), int(attrs["inner_block"]))
+        config = config_from_dict(YAML(typ="safe", pure=True).load(str(attrs["config_yaml"])))
+    results = results_of(run_dir)
+    self_learning = sum(seconds.get(p, 0.0) for p in ("warmup", "train", "freeze", "tune"))
+    evaluations = training_samples + n_chains * (tune_steps + config.sampler.thermalization + steps)
+    rate = results["ms"]["ess"] / seconds["production"]
+    return {
+        "wall": wall,
+        "self_learning": self_learning,
+        "thermalize": seconds.get("thermalize", 0.0),
+        "production": seconds["production"],
+        "acceptance": acceptance,
+        "tau_ms": results["ms"]["tau_int"],
+        "ess_ms": results["ms"]["ess"],
+        "ess_per_s": rate,
+        "ess_per_evaluation": results["ms"]["ess"] / evaluations,
+        "time_to_target": self_learning + seconds.get("thermalize", 0.0) + TARGET_ESS / rate,
+        "inner": inner,
+    }
+
+
+def summarize_exact(run_dir: Path, wall: float, tau_fallback: tuple[float, int] | None) -> dict:
+    with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
+        seconds = float(f.attrs["seconds_production"])
+        n_chains, sweeps = f["samples"]["omega"].shape
+    results = results_of(run_dir)
+    tau, source = results["ms"]["tau_int"], "measured"
+    if not np.isfinite(tau) or sweeps < 20 * tau:
+        if tau_fallback is None:
+            raise SystemExit(f"{run_dir}: {sweeps} sweeps are too few for τ_int (give --exact-sweeps)")
+        tau, source = tau_fallback[0], f"from L = {tau_fallback[1]}"
+    per_sweep = seconds / sweeps
+    return {
+        "wall": wall,
+        "seconds_per_sweep": per_sweep,
+        "tau_ms": tau,
+        "tau_source": source,
+        "ess_per_s": n_chains / (2.0 * tau * per_sweep),
+        "time_to_target": TARGET_ESS * 2.0 * tau * per_sweep / n_chains,
+        "ess_per_evaluation": 1.0 / (2.0 * tau * run_sites(run_dir)),
+    }
+
+
+def run_sites(run_dir: Path) -> int:
+    with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
+        return int(np.prod(f["samples"]["sq"].shape[2:]))
+
+
+def table(size: int, exact: dict, rows: dict[str, dict]) -> str:
+    lines = [
+        f"L = {size} (N = {size * size}); exact local MC: {1e3 * exact['seconds_per_sweep']:.0f} ms per sweep, "
+        f"τ_int(ms) = {exact['tau_ms']:.1f} sweeps ({exact['tau_source']}), "
+        f"{exact['time_to_target'] / 60:.1f} min to ESS(ms) = 1000",
+        "",
+        "| model | wall (s) | self-learning (s) | share | inner sweeps/block | acceptance | τ_int(ms) | ESS(ms) "
+        "| ESS/s | ESS per ED | min to ESS 1000 | × exact (production) | × exact (with training) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['wall']:.0f} | {r['self_learning']:.0f} | {r['self_learning'] / r['wall']:.0%} "
+            f"| {r['inner'][0]} / {r['inner'][1]} | {r['acceptance']:.3f} | {r['tau_ms']:.2f} | {r['ess_ms']:.0f} "
+            f"| {r['ess_per_s']:.2f} | {r['ess_per_evaluation']:.3f} | {r['time_to_target'] / 60:.1f} "
+            f"| {r['ess_per_s'] / exact['ess_per_s']:.0f}× | {exact['time_to_target'] / r['time_to_target']:.0f}× |"
+        )
+    if "transformer" in rows and "linear" in rows:
+        ratio = rows["transformer"]["ess_per_s"] / rows["linear"]["ess_per_s"]
+        lines += ["", f"transformer / all-shell linear, production ESS/s of ms: {ratio:.2f}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16])
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["transformer", "linear"], choices=["transformer", "linear"])
+    parser.add_argument(
+        "--exact-sweeps",
+        type=int,
+        nargs="+",
+        help="exact local MC sweeps per size (default: 60 at L <= 8, 25 at L = 12, 4 beyond)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    print(f"# bench_scale: {args.ranks} ranks, default job with lx = ly = L; 1 BLAS/torch thread per rank")
+    print(f"# load average at start: {os.getloadavg()[0]:.2f} (other jobs on the machine make every number noisy)")
+    everything, tau_fallback = {}, None
+    with tempfile.TemporaryDirectory(prefix="slmc-scale-") as tmp:
+        base = args.keep or Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        for index, size in enumerate(args.sizes):
+            lattice = {"model": {"lx": size, "ly": size}}
+            rows = {}
+            for name in args.models:
+                run_dir = base / f"L{size}_{name}"
+                settings = {**lattice, "effective": {"kind": name}}
+                wall = run_job(settings, run_dir, args.ranks)
+                rows[name] = summarize_slmc(run_dir, wall)
+                print(f"#   L={size} {name}: {wall:.0f} s wall", flush=True)
+            sweeps = args.exact_sweeps[index] if args.exact_sweeps else (60 if size <= 8 else 25 if size <= 12 else 4)
+            run_dir = base / f"L{size}_exact"
+            exact_job = {
+                **lattice,
+                "sampler": {"kind": "exact", "chains_per_rank": 2, "thermalization": 2, "measurements": sweeps},
+            }
+            wall = run_job(exact_job, run_dir, args.ranks)
+            exact = summarize_exact(run_dir, wall, tau_fallback)
+            if exact["tau_source"] == "measured":
+                tau_fallback = (exact["tau_ms"], size)
+            print(f"#   L={size} exact: {wall:.0f} s wall", flush=True)
+            print(table(size, exact, rows), "\n", flush=True)
+            everything[size] = {"exact": exact, **rows}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(everything, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
