@@ -33,7 +33,8 @@ def training_samples_per_rank(config: Config) -> int:
     if config.sampler.kind != "slmc" or config.effective.load is not None:
         return 0
     t = config.training
-    collected = config.sampler.chains_per_rank * (t.warmup_sweeps + t.rounds * t.outer_steps_per_round)
+    rounds = t.rounds + t.linear_rounds
+    collected = config.sampler.chains_per_rank * (t.warmup_sweeps + rounds * t.outer_steps_per_round)
     return int(min(collected, t.max_samples))
 
 
@@ -58,7 +59,8 @@ def memory_terms(config: Config) -> dict[str, float]:
         attention = 8.0 * n_sites**2
         training_batch = config.training.batch_size if samples else 0
         per_layer = 3 * batch + 6 * training_batch
-        terms["transformer attention"] = attention * (e.n_att + 1 + e.n_J + e.n_layers * per_layer)
+        dense_tables = sum(int(v) for v in (e.n_att, e.n_J) if isinstance(v, int))  # `auto` read-outs are sparse
+        terms["transformer attention"] = attention * (1 + dense_tables + int(e.n_layers) * per_layer)
     return terms
 
 
