@@ -8,8 +8,9 @@ For each size it runs, one after the other on the same machine, real `slmc-hpc r
 - linear SLMC over all distance shells, the same job with `effective.kind: linear` (the strongest
   linear model, with the same self-learning and the same tuned inner chain);
 - the exact local MC, short (`--exact-sweeps`): its time per sweep is measured; its τ_int(ms) comes
-  from the Γ-method where the run is at least 20 τ long, and is otherwise taken from the largest
-  smaller size where it was (said in the table), since τ of local MC in sweeps grows slowly with L.
+  from the Γ-method where the run is at least 20 τ long, and is otherwise taken from a long exact run
+  at L = `--tau-size` (8: 200 sweeps, about 2 minutes), said in the table. τ of the local MC in sweeps
+  grows with L, so this underestimates the exact MC's cost at larger L: the speed-ups are lower bounds.
 
 Per run it prints the self-learning time (warmup + train + tune phases), production acceptance,
 τ_int(ms), production ESS/s of ms, ESS(ms) per exact diagonalisation (training, tuning,
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="exact local MC sweeps per size (default: 60 at L <= 8, 25 at L = 12, 4 beyond)",
     )
+    parser.add_argument("--tau-size", type=int, default=8, help="lattice of the long exact run that gives τ_int")
+    parser.add_argument("--tau-sweeps", type=int, default=200, help="sweeps of that run")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary directory)")
     args = parser.parse_args(argv)
@@ -161,6 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="slmc-scale-") as tmp:
         base = args.keep or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
+        if args.tau_size not in args.sizes:
+            run_dir = base / f"L{args.tau_size}_exact_tau"
+            tau_job = {
+                "model": {"lx": args.tau_size, "ly": args.tau_size},
+                "sampler": {
+                    "kind": "exact",
+                    "chains_per_rank": 2,
+                    "thermalization": 20,
+                    "measurements": args.tau_sweeps,
+                },
+            }
+            wall = run_job(tau_job, run_dir, args.ranks)
+            tau = summarize_exact(run_dir, wall, None)["tau_ms"]
+            tau_fallback = (tau, args.tau_size)
+            print(
+                f"#   L={args.tau_size} exact, {args.tau_sweeps} sweeps: τ_int(ms) = {tau:.2f} ({wall:.0f} s)",
+                flush=True,
+            )
         for index, size in enumerate(args.sizes):
             lattice = {"model": {"lx": size, "ly": size}}
             rows = {}

@@ -22,7 +22,7 @@ from slmc_hpc.samplers.chains import ChainState
 from slmc_hpc.samplers.slmc import SLMCSampler
 
 #: Candidate inner sweeps (N proposals each) per outer step.
-CANDIDATE_SWEEPS = (1, 2, 4, 8, 16)
+CANDIDATE_SWEEPS = (1, 2, 4, 8, 16, 32)
 #: Candidate sub-chain lengths of the nested inner chain, as fractions of N (then the whole chain).
 CANDIDATE_BLOCK_FRACTIONS = (0.25, 0.5, 1.0, 2.0)
 #: Outer steps per candidate.
