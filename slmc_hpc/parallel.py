@@ -49,6 +49,12 @@ def broadcast(comm, obj, root: int = 0):
     return comm.bcast(obj, root=root)
 
 
+def barrier(comm) -> None:
+    """Wait until every rank of `comm` has arrived (no-op without MPI)."""
+    if comm is not None and comm.Get_size() > 1:
+        comm.Barrier()
+
+
 def broadcast_array(comm, array: np.ndarray, root: int = 0) -> np.ndarray:
     """Rank `root`'s array, bit for bit, on every rank (in place, returned for convenience)."""
     if comm is not None and comm.Get_size() > 1:
