@@ -14,7 +14,6 @@ structure and surfaces as OSError/KeyError/ValueError; `verify_file` turns each 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
@@ -71,10 +70,14 @@ def write_part(ds: h5py.Dataset, key, values) -> None:
     ds.id.write(memory_space, file_space, np.zeros(1, dtype=ds.dtype), dxpl=dxpl)
 
 
-def damaged(path: str | Path, what: str, exc: BaseException) -> InputError:
-    """The InputError for a file whose `what` (a dataset or attribute path) cannot be read."""
+class DamagedFileError(InputError):
+    """Part of a file cannot be read: a checksum mismatch or a malformed structure (or a writer mid-flush)."""
+
+
+def damaged(path: str | Path, what: str, exc: BaseException) -> DamagedFileError:
+    """The error for a file whose `what` (a dataset or attribute path) cannot be read."""
     reason = str(exc).strip() or type(exc).__name__
-    return InputError(f"{path}: {what} is damaged and cannot be read ({reason}); the file cannot be trusted")
+    return DamagedFileError(f"{path}: {what} is damaged and cannot be read ({reason}); the file cannot be trusted")
 
 
 def read(ds: h5py.Dataset, key=()) -> np.ndarray:
@@ -100,8 +103,9 @@ def read_attrs(obj: h5py.HLObject) -> dict:
     return out
 
 
-def _datasets(f: h5py.File) -> Iterable[h5py.Dataset]:
-    found: list[h5py.Dataset] = []
+def all_datasets(f: h5py.File) -> list[h5py.Dataset]:
+    """Every dataset in `f`, at any depth."""
+    found = []
     f.visititems(lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
     return found
 
@@ -131,7 +135,7 @@ def verify_file(path: str | Path) -> None:
             f.visititems(lambda _, obj: groups.append(obj) if isinstance(obj, h5py.Group) else None)
             for group in groups:
                 read_attrs(group)
-            for ds in _datasets(f):
+            for ds in all_datasets(f):
                 read_attrs(ds)
                 verify_dataset(ds)
     except InputError:
