@@ -323,6 +323,14 @@ def write_results_group(path: Path, results: dict, info: dict) -> bool:
         )
         return False
     try:
+        with h5py.File(path, "r", locking=False) as f:  # the old /results is read before it is replaced
+            if "results" in f:
+                for group in (f["results"], *f["results"].values()):
+                    read_attrs(group)
+    except READ_ERRORS + (InputError,) as exc:
+        warnings.warn(f"{path}: the old /results cannot be read ({exc}): /results not written", stacklevel=2)
+        return False
+    try:
         with h5py.File(path, "a", locking=True) as f:
             if "results" in f:
                 del f["results"]
@@ -334,8 +342,11 @@ def write_results_group(path: Path, results: dict, info: dict) -> bool:
                 for key, value in stats.items():
                     if value is not None:  # HDF5 has no null: a missing attribute is "not defined" (constant data)
                         sub.attrs[key] = value
-    except (OSError, BlockingIOError) as exc:
+    except BlockingIOError as exc:
         warnings.warn(f"{path} is in use ({exc}): /results not written", stacklevel=2)
+        return False
+    except READ_ERRORS as exc:  # in use, or the old /results is damaged (its samples were read fine)
+        warnings.warn(f"{path}: /results cannot be replaced ({exc}): /results not written", stacklevel=2)
         return False
     return True
 

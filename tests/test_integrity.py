@@ -83,11 +83,11 @@ def test_analyze_names_a_flipped_sample_byte_and_writes_nothing(finished_run, tm
     assert main(["analyze", str(run), "--csv"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert err[0].startswith(f"slmc-hpc: error: {run / 'run.h5'}: /samples/omega is damaged")
+    assert err[0].startswith(f"slmc-hpc: error: {run / 'run.h5'}: /samples/omega: damaged")
     assert "Fletcher32 checksum" in err[0]
     assert digest(run / "run.h5") == before  # no /results written into it
     assert not any((run / name).exists() for name in ("results.json", "results.csv", "structure_factor.csv"))
-    with pytest.raises(InputError, match="/samples/omega is damaged"):
+    with pytest.raises(InputError, match="/samples/omega: damaged"):
         verify_file(run / "run.h5")  # what a resume can call before trusting run.h5
 
 
@@ -95,7 +95,7 @@ def test_plot_names_a_flipped_structure_factor_byte(finished_run, tmp_path, caps
     run = copy_run(finished_run, tmp_path / "run")
     flip_byte_in_chunk(run / "run.h5", "samples/sq", position=100)
     assert main(["plot", str(run / "run.h5")]) == 2
-    assert "/samples/sq is damaged" in capsys.readouterr().err
+    assert "/samples/sq: damaged" in capsys.readouterr().err
     assert not (run / "plots").exists()
 
 
@@ -108,7 +108,7 @@ def test_resume_refuses_a_checkpoint_with_a_flipped_spin_byte(finished_run, tmp_
         2, ["-m", "slmc_hpc", "run", str(tmp_path / "run.yaml"), "--set", "sampler.measurements=20"], check=False
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"{run / 'checkpoint.h5'}" in proc.stderr and "/chains/spins is damaged" in proc.stderr
+    assert f"{run / 'checkpoint.h5'}" in proc.stderr and "/chains/spins: damaged" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert {name: digest(run / name) for name in before} == before  # nothing was touched
 
@@ -126,5 +126,6 @@ def test_checkpoint_round_trip_and_damaged_rng_text(tmp_path):
     assert back.rng_states == states[1:] and np.array_equal(back.chains["spins"], ckpt.chains["spins"][1:])
     assert back.blobs == ckpt.blobs
     flip_byte_in_chunk(path, "chains/rng", position=30)
-    with pytest.raises(InputError, match=rf"^{path}: /chains/rng is damaged .*Fletcher32 checksum"):
+    with pytest.raises(InputError, match=rf"^{path}: /chains/rng: damaged, .*Fletcher32 checksum"):
         read_checkpoint(path, n_chains=3)
+

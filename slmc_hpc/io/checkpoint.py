@@ -31,6 +31,10 @@ from slmc_hpc.io.integrity import READ_ERRORS, create_dataset, read
 from slmc_hpc.io.runfile import plain_value
 
 CHECKPOINT_FORMAT = "slmc_hpc checkpoint"
+#: HDF5 1.8's file format, whose metadata (superblock, object headers with the attributes, indexes) carries
+#: checksums too. Not used for run.h5: under mpio (h5py 3.7, HDF5 1.10.8) creating root attributes in this
+#: format failed in one of two test runs with "MPI_Bcast failed: MPI_ERR_TRUNCATE".
+LIBVER = ("v108", "v110")
 FORMAT_VERSION = 1
 
 
@@ -68,7 +72,7 @@ def write_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     """Write `ckpt` to `path` atomically (temporary name, fsync, rename, fsync of the directory)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", locking=False) as f:
+    with h5py.File(tmp, "w", locking=False, libver=LIBVER) as f:
         f.attrs.update(
             format=CHECKPOINT_FORMAT,
             format_version=FORMAT_VERSION,

@@ -7,9 +7,12 @@ chunked and carry no checksum. Under parallel HDF5 (mpio driver; HDF5 >= 1.10.2)
 may be written only collectively: every rank takes part in every write, a rank without data with an empty
 selection (`write_part`). Reads may stay independent.
 
-Metadata (object headers, attributes, B-trees) has no checksum in the file format this code writes
-(HDF5's default, readable by every HDF5 >= 1.8): a damaged header is usually found by HDF5 as a malformed
-structure and surfaces as OSError/KeyError/ValueError; `verify_file` turns each of these into an InputError.
+Metadata (superblock, object headers with the attributes, link and chunk indexes) carries checksums only
+in HDF5 1.8's file format (`checkpoint.LIBVER`, used for checkpoint.h5); run.h5 keeps HDF5's default format,
+which has none (see checkpoint.LIBVER for why). There a damaged structure is usually found as malformed and
+surfaces as one of READ_ERRORS, which the functions here turn into an InputError naming the file and the
+part that failed; a damaged attribute header can also crash HDF5 itself (segfault), and a damaged byte in
+an attribute's value goes unnoticed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from h5py import h5fd, h5p, h5s
 from slmc_hpc.errors import InputError
 
 #: What goes wrong when HDF5 reads damaged bytes: checksum mismatches and malformed structures.
-READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, UnicodeDecodeError)
+READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, UnicodeDecodeError)
 
 
 def create_dataset(group: h5py.Group, name: str, data=None, **kwargs) -> h5py.Dataset:
@@ -77,7 +80,7 @@ class DamagedFileError(InputError):
 def damaged(path: str | Path, what: str, exc: BaseException) -> DamagedFileError:
     """The error for a file whose `what` (a dataset or attribute path) cannot be read."""
     reason = str(exc).strip() or type(exc).__name__
-    return DamagedFileError(f"{path}: {what} is damaged and cannot be read ({reason}); the file cannot be trusted")
+    return DamagedFileError(f"{path}: {what}: damaged, cannot be read ({reason}); the file cannot be trusted")
 
 
 def read(ds: h5py.Dataset, key=()) -> np.ndarray:
