@@ -4,7 +4,10 @@ Each chain is one replica of a single Monte Carlo ensemble. Primary observables 
 pyerrors (Wolff 2004, automatic windowing): mean, error, integrated autocorrelation time τ_int in units of
 measurements (τ_int = 1/2 for uncorrelated data) and the effective sample size ESS = n_total / (2 τ_int).
 Non-linear functions of means (Binder ratio, susceptibilities) get a blocked jackknife, with blocks
-several τ_int long so that the blocks are nearly independent.
+several τ_int long so that the blocks are nearly independent. An observable that does not fluctuate beyond
+rounding (CONSTANT_RTOL) is reported as constant: its value, error 0, no τ_int and no ESS. Every dataset is
+read through its HDF5 checksums: a damaged file is an InputError naming the file and the dataset, and then
+nothing is written.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv as csv_module
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,61 +24,111 @@ import h5py
 import numpy as np
 import pyerrors as pe
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from slmc_hpc.errors import InputError
-from slmc_hpc.io.runfile import plain_value
+from slmc_hpc.io.integrity import READ_ERRORS, DamagedFileError, damaged, read, read_attrs
+from slmc_hpc.io.runfile import SAMPLE_NAMES, plain_value
 
-#: Scalar observables in /samples, one value per chain and measurement (CONTRIBUTING.md).
-SCALAR_OBSERVABLES = ("omega", "m", "ms", "nn", "density", "electron_energy", "acceptance")
 #: Jackknife blocks are this many (largest) τ_int long.
 BLOCK_TAU = 4.0
 #: A run.h5 modified this recently with status "running" is taken to have a live writer.
 LIVE_WRITER_SECONDS = 120.0
+#: An observable whose spread max - min is at most this times max(1, |mean|) is constant: rounding
+#: noise (density = 1 exactly at μ = 0 and half filling, up to ~1e-16) must not get a τ_int or an ESS.
+CONSTANT_RTOL = 1e-12
+RUN_FILE = "run.h5"
 
 
-def run_file(run_dir: Path) -> Path:
-    """run_dir/run.h5, or InputError naming what is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"run directory {run_dir} does not exist")
-    path = run_dir / "run.h5"
-    if not path.is_file():
-        raise InputError(f"{path} does not exist (is {run_dir} the output.dir of a run?)")
-    return path
+def run_file(path: Path) -> Path:
+    """The run.h5 of a run: `path` is its directory (output.dir) or the file itself; else InputError."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise InputError(f"{path} does not exist (expected the output.dir of a run, or its {RUN_FILE})")
+    candidate = path / RUN_FILE
+    if not candidate.is_file():
+        raise InputError(f"{candidate} does not exist (is {path} the output.dir of a run?)")
+    return candidate
 
 
 def read_samples(path: Path, attempts: int = 3) -> tuple[dict[str, np.ndarray], dict]:
     """The complete measurements of every scalar observable ([n_chains, n_measurements] each) and run info.
 
     Only the first /samples.attrs["n_measurements"] columns are read: later ones may be half written.
-    A read that collides with a flush of the running job is retried after a second.
+    Every dataset read is checked (Fletcher-32) and the root attributes must parse: a damaged file is an
+    InputError naming the file and the dataset or attribute. A failed read of a file that a live run is
+    writing may be a collision with its flush, and is retried after a second.
     """
     for attempt in range(attempts):
         try:
             return _read_samples(path)
-        except OSError as exc:
-            if attempt == attempts - 1:
-                raise InputError(f"cannot read {path}: {exc}") from exc
+        except DamagedFileError:
+            if attempt == attempts - 1 or not _maybe_live(path):
+                raise
             time.sleep(1.0)
     raise AssertionError("unreachable")
 
 
+def _maybe_live(path: Path) -> bool:
+    """True if `path` says status running (or cannot say), i.e. a writer may be in the middle of a flush."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return plain_value(f.attrs.get("status", "running")) == "running"
+    except READ_ERRORS:
+        return True
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r", locking=False)
+    except READ_ERRORS as exc:
+        raise damaged(path, "the HDF5 superblock or root group", exc) from None
+
+
 def _read_samples(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    with h5py.File(path, "r", locking=False) as f:
-        if "samples" not in f:
+    with _open(path) as f:
+        attrs = {key: plain_value(value) for key, value in read_attrs(f).items()}
+        try:
+            has_samples = "samples" in f
+            group = f["samples"] if has_samples else None
+        except READ_ERRORS as exc:
+            raise damaged(path, "/samples", exc) from None
+        if group is None:
             raise InputError(f"{path} has no /samples group (the run has not started measuring)")
-        group = f["samples"]
-        n_meas = int(group.attrs.get("n_measurements", 0))
-        names = [n for n in SCALAR_OBSERVABLES if n in group]
-        names += sorted(n for n in group if n not in names and group[n].ndim == 2)
-        samples = {name: np.asarray(group[name][:, :n_meas], dtype=np.float64) for name in names}
-        config_yaml = str(plain_value(f.attrs.get("config_yaml", "")))
+        n_meas = int(read_attrs(group).get("n_measurements", 0))
+        try:
+            present = [n for n in group if isinstance(group[n], h5py.Dataset)]
+            names = [n for n in SAMPLE_NAMES if n in present]
+            names += sorted(n for n in present if n not in names and group[n].ndim == 2)
+            sq_shape = group["sq"].shape[2:] if "sq" in present else None
+            stored = {name: group[name].shape[1] for name in names}
+        except READ_ERRORS as exc:
+            raise damaged(path, "the /samples datasets", exc) from None
+        for name, columns in stored.items():
+            if columns < n_meas:
+                raise DamagedFileError(
+                    f"{path}: /samples/{name} holds {columns} measurements, but /samples says {n_meas} are "
+                    "complete; the file is damaged"
+                )
+        samples = {name: np.asarray(read(group[name], np.s_[:, :n_meas]), dtype=np.float64) for name in names}
+        config_yaml = str(attrs.get("config_yaml", ""))
+        try:
+            config = YAML(typ="safe").load(config_yaml or "{}") or {}
+            if not isinstance(config, dict):
+                raise ValueError(f"a {type(config).__name__}, not a mapping")
+        except (YAMLError, ValueError) as exc:
+            raise DamagedFileError(
+                f"{path}: root attribute config_yaml does not parse ({exc}); the file is damaged"
+            ) from None
         info = {
-            "status": str(plain_value(f.attrs.get("status", "unknown"))),
+            "path": path,
+            "status": str(attrs.get("status", "unknown")),
             "config_yaml": config_yaml,
-            "config": YAML(typ="safe").load(config_yaml or "{}") or {},  # parsed once, for analysis and plots
+            "config": config,  # parsed once, for analysis and plots
             "n_measurements": n_meas,
-            "sq_shape": group["sq"].shape[2:] if "sq" in group else None,
+            "sq_shape": sq_shape,
         }
     return samples, info
 
@@ -95,15 +149,24 @@ def model_constants(info: dict) -> tuple[int | None, float | None]:
 # -- Γ-method for primary observables ---------------------------------------------------------------------
 
 
+def is_constant(chains: np.ndarray) -> bool:
+    """True if max - min <= CONSTANT_RTOL * max(1, |mean|): the spread is rounding noise, not physics."""
+    return bool(np.ptp(chains) <= CONSTANT_RTOL * max(1.0, abs(float(np.mean(chains)))))
+
+
 def gamma_analysis(chains: np.ndarray, name: str = "obs") -> dict:
     """Γ-method statistics of one observable, chains [n_chains, n_measurements] treated as replicas."""
     chains = np.atleast_2d(np.asarray(chains, dtype=np.float64))
     n_chains, n_meas = chains.shape
     n_total = n_chains * n_meas
-    base = {"n_chains": n_chains, "n_measurements": n_meas, "mean": float(chains.mean())}
-    if n_meas < 2 or np.ptp(chains) == 0.0:
-        # Constant data (e.g. acceptance 1 throughout): no fluctuations, nothing to correlate.
-        return {**base, "error": 0.0, "error_of_error": 0.0, "tau_int": 0.5, "tau_int_error": 0.0, "ess": n_total}
+    mean = float(chains.mean())
+    base = {"n_chains": n_chains, "n_measurements": n_meas, "mean": mean}
+    if is_constant(chains):
+        # No fluctuations beyond rounding (density 1 at half filling, acceptance 1 throughout): the value is
+        # exact, and a τ_int or an ESS computed from rounding noise would be fiction.
+        return {**base, "error": 0.0, "constant": True, "tau_int": None, "tau_int_error": None, "ess": None}
+    if n_meas < 2:
+        return {**base, "error": float("nan"), "tau_int": None, "tau_int_error": None, "ess": None}
     obs = pe.Obs(list(chains), [f"run|r{c}" for c in range(n_chains)])
     obs.gamma_method()
     tau = float(obs.e_tauint["run"])
@@ -155,7 +218,8 @@ def derived_quantities(samples: dict[str, np.ndarray], primary: dict, n_sites: i
         if name not in samples or samples[name].shape[1] < 2:
             continue
         x = samples[name]
-        bins, length = jackknife_blocks(*x.shape, primary[name]["tau_int"])
+        tau = primary[name]["tau_int"] or 0.5  # None: constant data, every block is as good as independent
+        bins, length = jackknife_blocks(*x.shape, tau)
         x2, x4 = x**2, x**4
         info = {"n_chains": x.shape[0], "n_measurements": x.shape[1], "jackknife_blocks": x.shape[0] * bins}
         if name == "ms":
@@ -167,12 +231,64 @@ def derived_quantities(samples: dict[str, np.ndarray], primary: dict, n_sites: i
     return out
 
 
+# -- S(q) -------------------------------------------------------------------------------------------------
+
+
+def centred_momenta(n: int) -> np.ndarray:
+    """FFT indices k reordered so that q = 2πk/n runs over (-π, π], ascending (q = π included for even n)."""
+    return (np.arange(n) - (n - 1) // 2) % n
+
+
+def q_over_pi(n: int) -> np.ndarray:
+    """q/π of the centred momenta of `centred_momenta(n)`: (-1, 1]."""
+    return 2.0 * (np.arange(n) - (n - 1) // 2) / n
+
+
+def structure_factor(path: Path, block: int = 256) -> dict[str, np.ndarray] | None:
+    """<S(q)> over chains and complete measurements on the centred grid: mean and error [ly, lx], q/π per axis.
+
+    Momenta run over (-π, π] (Néel order at (π, π)); the error is the scatter of the chain means (the chains
+    are independent), None with one chain. Read in blocks of measurements (the dataset can be large),
+    through the checksums.
+    """
+    with _open(path) as f:
+        try:
+            if "samples/sq" not in f:
+                return None
+            data, n = f["samples/sq"], int(f["samples"].attrs.get("n_measurements", 0))
+        except READ_ERRORS as exc:
+            raise damaged(path, "/samples/sq", exc) from None
+        if n == 0:
+            return None
+        chain_sums = sum(
+            np.asarray(read(data, np.s_[:, k : min(k + block, n)])).sum(axis=1) for k in range(0, n, block)
+        )
+    chain_means = chain_sums / n  # [n_chains, ly, lx]
+    ly, lx = chain_means.shape[1:]
+    chain_means = chain_means[:, centred_momenta(ly)][:, :, centred_momenta(lx)]
+    n_chains = chain_means.shape[0]
+    error = chain_means.std(axis=0, ddof=1) / math.sqrt(n_chains) if n_chains > 1 else None
+    return {"mean": chain_means.mean(axis=0), "error": error, "qx": q_over_pi(lx), "qy": q_over_pi(ly)}
+
+
+def structure_factor_peak(sq: dict[str, np.ndarray]) -> dict:
+    """The largest <S(q)>: its momentum q/π, value and error."""
+    iy, ix = np.unravel_index(np.argmax(sq["mean"]), sq["mean"].shape)
+    error = None if sq["error"] is None else float(sq["error"][iy, ix])
+    return {
+        "qx_over_pi": float(sq["qx"][ix]),
+        "qy_over_pi": float(sq["qy"][iy]),
+        "mean": float(sq["mean"][iy, ix]),
+        "error": error,
+    }
+
+
 # -- output -----------------------------------------------------------------------------------------------
 
 
-def format_value(mean: float, error: float) -> str:
+def format_value(mean: float, error: float | None) -> str:
     """0.73214(52): the error in units of the last two significant digits."""
-    if not np.isfinite(error) or error <= 1e-12 * abs(mean):
+    if error is None or not np.isfinite(error) or error <= 1e-12 * abs(mean):
         return f"{mean:.12g}"
     digits = max(0, 1 - int(math.floor(math.log10(error))))
     return f"{mean:.{digits}f}({round(error * 10**digits):d})"
@@ -181,20 +297,38 @@ def format_value(mean: float, error: float) -> str:
 def format_table(results: dict) -> str:
     lines = [f"{'observable':<16} {'value(error)':>22} {'tau_int':>14} {'ESS':>10}"]
     for name, r in results.items():
-        tau = r.get("tau_int", float("nan"))
-        tau_text = format_value(tau, r.get("tau_int_error", 0.0)) if "tau_int_error" in r else f"{tau:.3g}"
-        ess = f"{r['ess']:.0f}" if "ess" in r else "-"
+        tau = r.get("tau_int")
+        if r.get("constant"):
+            tau_text = "constant"
+        elif tau is None:
+            tau_text = "-"
+        elif r.get("tau_int_error") is not None:
+            tau_text = format_value(tau, r["tau_int_error"])
+        else:
+            tau_text = f"{tau:.3g}"
+        ess = f"{r['ess']:.0f}" if r.get("ess") is not None else "-"
         lines.append(f"{name:<16} {format_value(r['mean'], r['error']):>22} {tau_text:>14} {ess:>10}")
     return "\n".join(lines)
 
 
 def write_results_group(path: Path, results: dict, info: dict) -> bool:
-    """/results/<name> with the statistics as attributes; skipped (False, with a warning) if a run may be writing."""
+    """/results/<name> with the statistics as attributes; skipped (False, with a warning) if a run may be writing.
+
+    Only called after every dataset the results come from was read through its checksums.
+    """
     age = time.time() - path.stat().st_mtime
     if info["status"] == "running" and age < LIVE_WRITER_SECONDS:
         warnings.warn(
             f"{path} is being written (status running, modified {age:.0f} s ago): /results not written", stacklevel=2
         )
+        return False
+    try:
+        with h5py.File(path, "r", locking=False) as f:  # the old /results is read before it is replaced
+            if "results" in f:
+                for group in (f["results"], *f["results"].values()):
+                    read_attrs(group)
+    except READ_ERRORS + (InputError,) as exc:
+        warnings.warn(f"{path}: the old /results cannot be read ({exc}): /results not written", stacklevel=2)
         return False
     try:
         with h5py.File(path, "a", locking=True) as f:
@@ -206,14 +340,52 @@ def write_results_group(path: Path, results: dict, info: dict) -> bool:
             for name, stats in results.items():
                 sub = group.create_group(name)
                 for key, value in stats.items():
-                    sub.attrs[key] = value
-    except (OSError, BlockingIOError) as exc:
+                    if value is not None:  # HDF5 has no null: a missing attribute is "not defined" (constant data)
+                        sub.attrs[key] = value
+    except BlockingIOError as exc:
         warnings.warn(f"{path} is in use ({exc}): /results not written", stacklevel=2)
+        return False
+    except READ_ERRORS as exc:  # in use, or the old /results is damaged (its samples were read fine)
+        warnings.warn(f"{path}: /results cannot be replaced ({exc}): /results not written", stacklevel=2)
         return False
     return True
 
 
-def export_csv(samples: dict[str, np.ndarray], path: Path) -> None:
+#: Columns of results.csv, one row per observable; an empty cell is "not defined" (e.g. τ_int of a constant).
+CSV_COLUMNS = ("observable", "mean", "error", "tau_int", "tau_int_error", "ess", "n_chains", "n_measurements")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def export_results_csv(results: dict, path: Path) -> Path:
+    """The results table as CSV: one row per observable, the columns of CSV_COLUMNS."""
+    with open(path, "w", newline="") as handle:
+        writer = csv_module.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for name, stats in results.items():
+            writer.writerow([name, *(_cell(stats.get(key)) for key in CSV_COLUMNS[1:])])
+    return path
+
+
+def export_structure_factor_csv(sq: dict[str, np.ndarray], path: Path) -> Path:
+    """<S(q)> per lattice momentum: qx/π, qy/π, mean, error (scatter of the chain means; empty with one chain)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv_module.writer(handle)
+        writer.writerow(["qx_over_pi", "qy_over_pi", "sq_mean", "sq_error"])
+        for iy, qy in enumerate(sq["qy"]):
+            for ix, qx in enumerate(sq["qx"]):
+                error = None if sq["error"] is None else float(sq["error"][iy, ix])
+                writer.writerow([repr(float(qx)), repr(float(qy)), repr(float(sq["mean"][iy, ix])), _cell(error)])
+    return path
+
+
+def export_samples_csv(samples: dict[str, np.ndarray], path: Path) -> Path:
     """Raw samples in long format: chain, measurement, observable, value."""
     with open(path, "w", newline="") as handle:
         writer = csv_module.writer(handle)
@@ -221,16 +393,41 @@ def export_csv(samples: dict[str, np.ndarray], path: Path) -> None:
         for name, chains in samples.items():
             for chain, row in enumerate(chains):
                 writer.writerows((chain, k, name, repr(float(v))) for k, v in enumerate(row))
+    return path
+
+
+def finite_samples(samples: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """The observables whose complete measurements are all finite; the others are reported on stderr.
+
+    A NaN or inf in a complete column is never physics: an overflow, or a column that was declared complete
+    and never written (the fill value is NaN). Statistics of it would be NaN or garbage.
+    """
+    kept = {}
+    for name, chains in samples.items():
+        bad = int(chains.size - np.count_nonzero(np.isfinite(chains)))
+        if bad:
+            sys.stderr.write(
+                f"slmc-hpc: warning: {path}:/samples/{name} holds {bad} non-finite values (nan or inf) among "
+                f"{chains.size}: {name} is left out of the results\n"
+            )
+        else:
+            kept[name] = chains
+    return kept
 
 
 #: pyerrors' Γ-method refuses replicas shorter than this.
 MIN_MEASUREMENTS = 5
 
 
-def analyze_run(run_dir: Path, csv: bool = False) -> dict:
-    """Analyse run_dir/run.h5: print a table, write results.json and /results; returns {observable: stats}."""
-    run_dir = Path(run_dir)
-    path = run_file(run_dir)
+def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False) -> dict:
+    """Analyse a run (its directory or run.h5): print a table, write results.json and /results next to run.h5.
+
+    csv: also results.csv (the table) and structure_factor.csv (<S(q)> per momentum); samples_csv: also the
+    raw samples as samples.csv. Returns {observable: stats}. Nothing is written unless every dataset used was
+    read without a checksum error (a damaged file is an InputError naming the dataset).
+    """
+    path = run_file(run)
+    out_dir = path.parent
     samples, info = read_samples(path)
     if info["n_measurements"] < MIN_MEASUREMENTS:  # e.g. still thermalising: not an error, nothing to report yet
         print(
@@ -238,14 +435,29 @@ def analyze_run(run_dir: Path, csv: bool = False) -> dict:
             f"at least {MIN_MEASUREMENTS} per chain, nothing to analyse yet"
         )
         return {}
-    results = {name: gamma_analysis(chains, name) for name, chains in samples.items()}
+    sq = structure_factor(path)
+    n_chains = next(iter(samples.values())).shape[0]
+    finite = finite_samples(samples, path)
+    results = {name: gamma_analysis(chains, name) for name, chains in finite.items()}
     n_sites, temperature = model_constants(info)
-    results.update(derived_quantities(samples, results, n_sites, temperature))
-    status = f"{info['n_measurements']} measurements x {next(iter(samples.values())).shape[0]} chains"
-    print(f"{path} ({info['status']}, {status})")
+    results.update(derived_quantities(finite, results, n_sites, temperature))
+    print(f"{path} ({info['status']}, {info['n_measurements']} measurements x {n_chains} chains)")
     print(format_table(results))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if sq is not None:
+        peak = structure_factor_peak(sq)
+        print(
+            f"S(q) peak       {format_value(peak['mean'], peak['error']):>22}   at q/π = "
+            f"({peak['qx_over_pi']:g}, {peak['qy_over_pi']:g})"
+        )
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_results_group(path, results, info)
+    written = []
     if csv:
-        export_csv(samples, run_dir / "samples.csv")
+        written.append(export_results_csv(results, out_dir / "results.csv"))
+        if sq is not None:
+            written.append(export_structure_factor_csv(sq, out_dir / "structure_factor.csv"))
+    if samples_csv:
+        written.append(export_samples_csv(samples, out_dir / "samples.csv"))
+    for file in written:
+        print(f"wrote {file}")
     return results

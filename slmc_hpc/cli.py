@@ -94,18 +94,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    run_dir = _run_dir(args.run_dir)
     from slmc_hpc.analysis import analyze_run
 
-    analyze_run(run_dir, csv=args.csv)  # prints its table
+    analyze_run(Path(args.run), csv=args.csv, samples_csv=args.samples_csv)  # prints its table and the files
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    run_dir = _run_dir(args.run_dir)
     from slmc_hpc.plots import plot_run
 
-    plot_run(run_dir)  # prints the files it wrote
+    plot_run(Path(args.run), log_sq=not args.linear_sq)  # prints the files it wrote
     return 0
 
 
@@ -150,13 +148,37 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir", metavar="RUN_DIR")
     status.set_defaults(handler=cmd_status)
 
-    analyze = sub.add_parser("analyze", help="means, errors and autocorrelation times -> RUN_DIR/results.json")
-    analyze.add_argument("run_dir", metavar="RUN_DIR")
-    analyze.add_argument("--csv", action="store_true", help="also write the results as CSV")
+    run_help = "a run directory (output.dir of a run) or its run.h5"
+    analyze = sub.add_parser(
+        "analyze",
+        help="means, errors and autocorrelation times -> RUN_DIR/results.json and run.h5:/results",
+        description="Print the results table and write results.json (and /results in run.h5) next to run.h5.",
+    )
+    analyze.add_argument("run", metavar="RUN", help=run_help)
+    analyze.add_argument(
+        "--csv",
+        action="store_true",
+        help="also write the results table as results.csv (one row per observable: mean, error, tau_int, "
+        "tau_int_error, ess, ...) and <S(q)> per momentum as structure_factor.csv, next to run.h5",
+    )
+    analyze.add_argument(
+        "--samples-csv",
+        action="store_true",
+        help="also write every raw sample as samples.csv (chain, measurement, observable, value) next to run.h5",
+    )
     analyze.set_defaults(handler=cmd_analyze)
 
-    plot = sub.add_parser("plot", help="time series, training loss and S(q) figures")
-    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot = sub.add_parser(
+        "plot",
+        help="time series, autocorrelation, S(q) and training figures -> RUN_DIR/plots/*.png",
+        description="Write PNG figures into plots/ next to run.h5 and print their paths.",
+    )
+    plot.add_argument("run", metavar="RUN", help=run_help)
+    plot.add_argument(
+        "--linear-sq",
+        action="store_true",
+        help="S(q) on a linear colour scale (default: log, which shows the diffuse background next to a Bragg peak)",
+    )
     plot.set_defaults(handler=cmd_plot)
 
     config = sub.add_parser("config", help="print the resolved configuration (defaults included) as YAML")

@@ -342,8 +342,42 @@ EVALUATOR_OPTIONS.update(
 )
 
 
+#: model.T must lie within these multiples of the bandwidth (see `_check_temperature`).
+T_MIN_PER_BANDWIDTH = 1e-6
+T_MAX_PER_BANDWIDTH = 1e3
+
+
+def bandwidth(model: ModelConfig) -> float:
+    """Upper bound on the spread of the one-body spectrum: 2 Σ_n |t_n| |D_n| + |J| (8t + |J| for the usual model)."""
+    from slmc_hpc.lattice import shell_vectors
+
+    shells = shell_vectors(max(model.hoppings, default=0))
+    return 2.0 * sum(abs(t) * len(shells[n]) for n, t in model.hoppings.items()) + abs(model.J)
+
+
+def _check_temperature(model: ModelConfig) -> None:
+    """Refuse temperatures outside [1e-6, 1e3] × bandwidth W: there the sampling answers no physics question.
+
+    Below 1e-6 W, exp(-ΔΩ/T) underflows to 0 for every move with ΔΩ > ~7e-4 W, so the Metropolis test is a
+    quench, not equilibrium at T, and the rounding error of ΔΩ (~1e-16 N W) comes within a few decades of T;
+    susceptibilities ∝ 1/T are then meaningless (T = 1e-300 gave chi_ms ~ 1e299). Above 1e3 W every Fermi
+    factor is 1/2 to 1e-3 and every move is accepted with probability > 0.999: free spins, T = infinity.
+    """
+    width = bandwidth(model)
+    if width == 0.0:  # no hopping and no coupling: no energy scale to compare with
+        return
+    low, high = T_MIN_PER_BANDWIDTH * width, T_MAX_PER_BANDWIDTH * width
+    if not low <= model.T <= high:
+        raise ConfigError(
+            f"model.T: must lie between {low:.3g} and {high:.3g} (1e-6 to 1e3 times the bandwidth "
+            f"W = 2 sum_n |t_n| |D_n| + |J| = {width:.3g}), got {_show(model.T)}: below, exp(-dOmega/T) "
+            "underflows and Metropolis is a quench; above, the spins are free (infinite temperature)"
+        )
+
+
 def _check_combinations(cfg: Config) -> None:
     """Rules that involve more than one key, or the file system."""
+    _check_temperature(cfg.model)
     ev = cfg.evaluator
     if ev.ranks_per_config > 1 and ev.kind != "slepc":
         raise ConfigError(
@@ -451,7 +485,12 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
-        return config_from_dict(_parse_yaml(text, str(path)), source=str(path))
+        data = _parse_yaml(text, str(path))
+        if data is None:  # a forgotten or truncated file must not silently run the defaults
+            raise ConfigError(
+                f"{path}: empty (or only comments): write at least one key, or run without a file for the defaults"
+            )
+        return config_from_dict(data, source=str(path))
     except ConfigError as exc:
         message = str(exc)
         if not message.startswith(str(path)):

@@ -1,6 +1,8 @@
 """Diagnostic plots of a run (PNG, matplotlib Agg): time series, autocorrelations, S(q), training, T scans.
 
 Like analysis.py, this only reads run.h5 (and results.json), so it works on a run that is still going.
+Every title names the run (lx×ly, T, sampler, effective model), so figures of different runs cannot be
+confused.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from slmc_hpc.analysis import analyze_run, gamma_analysis, read_samples, run_file  # noqa: E402
+from slmc_hpc.analysis import (  # noqa: E402
+    analyze_run,
+    gamma_analysis,
+    is_constant,
+    read_samples,
+    run_file,
+    structure_factor,
+)
+from slmc_hpc.errors import InputError  # noqa: E402
+from slmc_hpc.io.integrity import READ_ERRORS, damaged, read  # noqa: E402
 
 #: How many individual chains the time-series plot draws next to the mean over chains.
 CHAINS_SHOWN = 3
@@ -49,6 +60,27 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def run_label(config: dict) -> str:
+    """'6×6, T = 0.05, slmc sampler, transformer H_eff': what tells one run's figures from another's."""
+    model, sampler = config.get("model", {}), config.get("sampler", {})
+    kind = sampler.get("kind", "?")
+    lattice = f"{model.get('lx', '?')}×{model.get('ly', '?')}"
+    effective = "no H_eff" if kind == "exact" else f"{config.get('effective', {}).get('kind', '?')} H_eff"
+    return f"{lattice}, T = {model.get('T', '?')}, {kind} sampler, {effective}"
+
+
+#: Acceptance is 0 or 1 per outer step and chain: it is drawn as a running mean over this many windows.
+ACCEPTANCE_WINDOWS = 50
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean over the last `window` values (fewer at the start), along the last axis."""
+    totals = np.cumsum(values, axis=-1)
+    lagged = np.zeros_like(totals)
+    lagged[..., window:] = totals[..., :-window]
+    return (totals - lagged) / np.minimum(np.arange(1, values.shape[-1] + 1), window)
+
+
 def _measure_unit(config: dict) -> str:
     sampler = config.get("sampler", {})
     step = "outer steps" if sampler.get("kind", "slmc") == "slmc" else "sweeps"
@@ -56,22 +88,30 @@ def _measure_unit(config: dict) -> str:
 
 
 def plot_time_series(samples: dict[str, np.ndarray], info: dict, path: Path) -> Path:
-    """Mean over chains and a few single chains per observable; production starts at measurement 0."""
+    """Mean over chains and a few single chains per observable; production starts at measurement 0.
+
+    Acceptance is drawn as a running mean (a 0/1 series per chain is a solid block otherwise).
+    """
     fig, axes = _grid(len(samples))
     for ax, (name, chains) in zip(axes, samples.items(), strict=False):
         steps = np.arange(chains.shape[1])
+        label = LABELS.get(name, name)
+        if name == "acceptance":
+            window = max(1, chains.shape[1] // ACCEPTANCE_WINDOWS)
+            chains = running_mean(chains, window)
+            label = f"acceptance\n(running mean of {window})"
         for c in range(min(CHAINS_SHOWN, chains.shape[0])):
             ax.plot(steps, chains[c], lw=0.5, alpha=0.5, label=f"chain {c}")
         ax.plot(steps, chains.mean(axis=0), color="k", lw=1.0, label=f"mean of {chains.shape[0]} chains")
         ax.axvline(0, color="tab:red", ls="--", lw=1.0)
-        ax.set_ylabel(LABELS.get(name, name))
+        ax.set_ylabel(label)
     axes[0].legend(fontsize=7, loc="best")
     for ax in axes[-2:]:  # the bottom panel of each column (shared x axes hide the others' labels)
         ax.set_xlabel(_measure_unit(info["config"]))
         ax.xaxis.set_tick_params(labelbottom=True)
     fig.suptitle(
-        f"time series ({info['status']}, {info['n_measurements']} measurements); thermalisation not stored:\n"
-        "dashed line = measurement 0 = start of production"
+        f"time series: {run_label(info['config'])}\n({info['status']}, {info['n_measurements']} measurements; "
+        "thermalisation not stored: dashed line = measurement 0 = start of production)"
     )
     return _save(fig, path)
 
@@ -86,9 +126,9 @@ def autocorrelation(chains: np.ndarray, max_lag: int) -> np.ndarray:
     return gamma / gamma[0] if gamma[0] > 0 else np.zeros_like(gamma)
 
 
-def plot_autocorrelation(samples: dict[str, np.ndarray], path: Path) -> Path:
-    """ρ(t) per observable with the Γ-method's τ_int (e^{-t/τ_int} drawn for comparison)."""
-    names = [n for n, c in samples.items() if np.ptp(c) > 0]
+def plot_autocorrelation(samples: dict[str, np.ndarray], info: dict, path: Path) -> Path:
+    """ρ(t) per observable with the Γ-method's τ_int (e^{-t/τ_int} drawn for comparison); constants left out."""
+    names = [n for n, c in samples.items() if not is_constant(c) and np.isfinite(c).all()]
     fig, axes = _grid(max(1, len(names)), sharex=False)
     for ax, name in zip(axes, names, strict=False):
         chains = samples[name]
@@ -102,13 +142,18 @@ def plot_autocorrelation(samples: dict[str, np.ndarray], path: Path) -> Path:
         ax.set_ylabel(r"$\rho(t)$")
         ax.set_xlabel("lag t (measurements)")
     axes[0].legend(fontsize=7)
-    fig.suptitle("autocorrelation functions (all chains)")
+    constants = [n for n in samples if n not in names]
+    fig.suptitle(
+        f"autocorrelation functions (all chains): {run_label(info['config'])}"
+        + (f"\nnot shown (constant or not finite): {', '.join(constants)}" if constants else "")
+    )
     return _save(fig, path)
 
 
-def plot_training(training: dict[str, np.ndarray], path: Path, steps_per_round: int | None = None) -> Path:
+def plot_training(training: dict[str, np.ndarray], info: dict, path: Path) -> Path:
     """Training loss per optimizer step (dotted lines: round boundaries) and the SLMC acceptance per round."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    steps_per_round = info["config"].get("training", {}).get("steps_per_round")
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.9))
     loss = training.get("loss", np.array([]))
     if loss.size:
         loss_ax.semilogy(np.arange(1, loss.size + 1), loss, lw=0.8)
@@ -122,92 +167,107 @@ def plot_training(training: dict[str, np.ndarray], path: Path, steps_per_round: 
         acc_ax.plot(rounds, acceptance, "o-")
         acc_ax.set_xticks(rounds)
     acc_ax.set(xlabel="round", ylabel="SLMC acceptance", title="acceptance per round", ylim=(0, 1.05))
+    fig.suptitle(f"training: {run_label(info['config'])}")
     return _save(fig, path)
 
 
-def mean_structure_factor(path: Path, block: int = 256) -> np.ndarray | None:
-    """S(q) averaged over chains and complete measurements, [ly, lx], read in blocks (the file can be large)."""
-    with h5py.File(path, "r", locking=False) as f:
-        if "samples/sq" not in f:
-            return None
-        data, n = f["samples/sq"], int(f["samples"].attrs.get("n_measurements", 0))
-        if n == 0:
-            return None
-        total = sum(np.asarray(data[:, k : min(k + block, n)]).sum(axis=(0, 1)) for k in range(0, n, block))
-        return total / (data.shape[0] * n)
+def plot_structure_factor(sq: dict[str, np.ndarray], info: dict, path: Path, log: bool = True) -> Path:
+    """<S(q)> on the Brillouin zone, momenta in (-π, π] in units of π: Néel order peaks at (π, π) = (1, 1).
 
-
-def plot_structure_factor(sq: np.ndarray, path: Path) -> Path:
-    """<S(q)> on the Brillouin zone, q = 0 in the middle; (pi, pi) (Neel order) shows at (-pi, -pi)."""
-    ly, lx = sq.shape
-    shifted = np.fft.fftshift(sq)
-    qx = 2 * np.pi * (np.arange(lx) - lx // 2) / lx
-    qy = 2 * np.pi * (np.arange(ly) - ly // 2) / ly
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    step_x, step_y = 2 * np.pi / lx, 2 * np.pi / ly
-    extent = (qx[0] - step_x / 2, qx[-1] + step_x / 2, qy[0] - step_y / 2, qy[-1] + step_y / 2)
-    image = ax.imshow(shifted, origin="lower", extent=extent, cmap="viridis", aspect="equal")
-    fig.colorbar(image, ax=ax, label=r"$\langle S(q)\rangle$")
-    ax.set(xlabel=r"$q_x$", ylabel=r"$q_y$", title=r"spin structure factor $\langle S(q)\rangle$")
+    Log colour scale by default: an ordered state's Bragg peak grows like N while the diffuse background stays
+    O(1), so on a linear scale everything but the peak is one colour. `log=False` for reading peak heights.
+    """
+    mean = sq["mean"]
+    ly, lx = mean.shape
+    extent = (sq["qx"][0] - 1 / lx, sq["qx"][-1] + 1 / lx, sq["qy"][0] - 1 / ly, sq["qy"][-1] + 1 / ly)
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    norm = None
+    if log:
+        positive = mean[mean > 0]
+        floor = max(float(positive.min()), float(mean.max()) * 1e-6) if positive.size else 1e-12
+        norm = matplotlib.colors.LogNorm(vmin=floor, vmax=max(float(mean.max()), floor * 10))
+        mean = np.maximum(mean, floor)
+    image = ax.imshow(mean, origin="lower", extent=extent, cmap="viridis", aspect="equal", norm=norm)
+    colorbar = fig.colorbar(image, ax=ax, label=r"$\langle S(q)\rangle$" + (" (log scale)" if log else ""), shrink=0.85)
+    if log:  # labelled ticks across the range (LogNorm labels only powers of ten, often none or one)
+        values = np.geomspace(norm.vmin, norm.vmax, 6)
+        colorbar.set_ticks(values, labels=[f"{v:.3g}" for v in values])
+        colorbar.minorticks_off()
+    for axis, (low, high) in ((ax.xaxis, extent[:2]), (ax.yaxis, extent[2:])):
+        axis.set_ticks([t for t in (-1, -0.5, 0, 0.5, 1) if low <= t <= high])
+    ax.set_xlim(extent[:2])
+    ax.set_ylim(extent[2:])
+    ax.set(xlabel=r"$q_x/\pi$", ylabel=r"$q_y/\pi$")
+    ax.set_title(f"spin structure factor\n{run_label(info['config'])}", fontsize=10)
     return _save(fig, path)
 
 
 def read_training(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r", locking=False) as f:
-        if "training" not in f:
-            return {}
-        arrays = {name: np.asarray(data) for name, data in f["training"].items() if data.ndim == 1}
+    """The non-empty 1-D training histories in /training, read through their checksums."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if "training" not in f:
+                return {}
+            arrays = {name: np.asarray(read(data)) for name, data in f["training"].items() if data.ndim == 1}
+    except READ_ERRORS as exc:
+        raise damaged(path, "/training", exc) from None
     return {name: data for name, data in arrays.items() if data.size}
 
 
-def plot_run(run_dir: Path) -> list[Path]:
-    """All diagnostic plots of run_dir/run.h5 into run_dir/plots/; returns the PNG paths."""
-    run_dir = Path(run_dir)
-    path = run_file(run_dir)
+def plot_run(run: Path, log_sq: bool = True) -> list[Path]:
+    """All diagnostic plots of a run (its directory or run.h5) into plots/ next to run.h5; returns the PNG paths.
+
+    A run with neither measurements nor training data is an InputError, and no plots/ folder is made.
+    """
+    path = run_file(run)
     samples, info = read_samples(path)
-    out = run_dir / "plots"
+    n_meas = info["n_measurements"]
+    sq = structure_factor(path)
+    training = read_training(path)
+    if n_meas == 0 and not training:
+        raise InputError(f"{path} ({info['status']}) holds no measurements and no training data yet: nothing to plot")
+    out = path.parent / "plots"
     out.mkdir(exist_ok=True)
     written = []
-    if info["n_measurements"] >= 1:
+    if n_meas >= 1:
         written.append(plot_time_series(samples, info, out / "time_series.png"))
-    if info["n_measurements"] >= 4:
-        written.append(plot_autocorrelation(samples, out / "autocorrelation.png"))
-    sq = mean_structure_factor(path)
+    if n_meas >= 4:
+        written.append(plot_autocorrelation(samples, info, out / "autocorrelation.png"))
     if sq is not None:
-        written.append(plot_structure_factor(sq, out / "structure_factor.png"))
-    training = read_training(path)
+        written.append(plot_structure_factor(sq, info, out / "structure_factor.png", log=log_sq))
     if training:
-        steps = info["config"].get("training", {}).get("steps_per_round")
-        written.append(plot_training(training, out / "training.png", steps))
+        written.append(plot_training(training, info, out / "training.png"))
     for png in written:
         print(f"wrote {png}")
     return written
 
 
-def scan_results(run_dir: Path) -> tuple[float, dict]:
-    """(T, results) of one run of a scan; analyses the run first if it has no results.json yet."""
-    run_dir = Path(run_dir)
-    _, info = read_samples(run_file(run_dir))
+def scan_results(run: Path) -> tuple[float, dict, dict]:
+    """(T, results, config) of one run of a scan; analyses the run first if it has no results.json yet."""
+    path = run_file(run)
+    _, info = read_samples(path)
     temperature = float(info["config"].get("model", {}).get("T", np.nan))
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else analyze_run(run_dir)
-    return temperature, results
+    results_path = path.parent / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else analyze_run(path)
+    return temperature, results, info["config"]
 
 
 def plot_scan(run_dirs: list[Path], output: Path | None = None) -> Path:
     """Observables vs temperature with error bars, one point per run (from each run's results.json)."""
-    points = sorted(scan_results(d) for d in run_dirs)
-    temperatures = np.array([t for t, _ in points])
+    points = sorted((scan_results(d) for d in run_dirs), key=lambda point: point[0])
+    temperatures = np.array([t for t, _, _ in points])
     names = [n for n in ("ms", "m", "omega", "nn", "binder_ms", "chi_ms", "electron_energy", "acceptance")]
-    names = [n for n in names if all(n in r for _, r in points)]
+    names = [n for n in names if all(n in r for _, r, _ in points)]
     fig, axes = _grid(len(names), row_height=2.6)
     for ax, name in zip(axes, names, strict=False):
-        means = [r[name]["mean"] for _, r in points]
-        errors = [r[name]["error"] for _, r in points]
+        means = [r[name]["mean"] for _, r, _ in points]
+        errors = [r[name]["error"] for _, r, _ in points]
         ax.errorbar(temperatures, means, yerr=errors, fmt="o-", ms=4, capsize=3)
         ax.set_ylabel(LABELS.get(name, name))
     for ax in axes[-2:]:
         ax.set_xlabel("T")
-    fig.suptitle(f"temperature scan ({len(points)} runs)")
+    label = run_label(points[0][2]).split(", ")
+    label[1] = f"T = {temperatures.min():g} ... {temperatures.max():g}"
+    fig.suptitle(f"temperature scan ({len(points)} runs): {', '.join(label)}")
     output = Path(output) if output else Path(run_dirs[0]).parent / "scan.png"
     return _save(fig, output)

@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
-from slmc_hpc.analysis import SCALAR_OBSERVABLES, analyze_run, gamma_analysis, jackknife
+from slmc_hpc.analysis import analyze_run, gamma_analysis, jackknife
 from slmc_hpc.errors import InputError
+from slmc_hpc.io.runfile import SAMPLE_NAMES
 
 CONFIG_4X4 = "model:\n  lx: 4\n  ly: 4\n  hoppings: {1: 1.0}\n  J: 1.0\n  mu: 0.0\n  T: 0.05\n"
 
@@ -96,7 +97,7 @@ def exact_mc_runs(tmp_path_factory):
     state = init_chains(evaluator, 2024, range(n_chains))
     for _ in range(thermalization):
         sampler.sweep(state)
-    samples = {name: np.empty((n_chains, n_meas)) for name in SCALAR_OBSERVABLES}
+    samples = {name: np.empty((n_chains, n_meas)) for name in SAMPLE_NAMES}
     for k in range(n_meas):
         info = sampler.sweep(state)
         for name, values in measure(model, state).items():
@@ -148,26 +149,74 @@ def test_tau_int_of_ms_matches_binning(exact_mc_runs):
     assert abs(r["tau_int"] - tau_bin) < tolerance, (r["tau_int"], r["tau_int_error"], tau_bin, tau_bin_error)
 
 
-def test_outputs_results_json_group_and_csv(tmp_path):
+def test_outputs_results_json_group_and_csv(tmp_path, capsys):
     rng = np.random.default_rng(5)
     samples = {name: 0.5 + 0.1 * ar1(rng, 0.5, 3, 40) for name in ("omega", "m", "ms")}
     samples["acceptance"] = np.full((3, 40), 0.25)
+    samples["sq"] = rng.random((3, 40, 4, 4))
+    samples["sq"][:, :, 2, 2] += 5.0  # q = (π, π): FFT index 2 of 4
     path = write_run(tmp_path / "run", samples, n_measurements=30)  # 10 columns not yet complete
-    results = analyze_run(tmp_path / "run", csv=True)
+    results = analyze_run(path, csv=True, samples_csv=True)  # the run.h5 path works as well as the directory
+    out = capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved.keys() == results.keys() >= {"omega", "m", "ms", "acceptance", "binder_ms", "chi_ms", "chi_m"}
     for stats in saved.values():
         assert {"mean", "error", "tau_int", "n_chains", "n_measurements"} <= stats.keys()
     assert saved["ms"]["n_measurements"] == 30 and saved["ms"]["n_chains"] == 3
     assert saved["ms"]["mean"] == pytest.approx(samples["ms"][:, :30].mean())
-    assert saved["acceptance"] == {**saved["acceptance"], "mean": 0.25, "error": 0.0}
+    assert saved["acceptance"] == {**saved["acceptance"], "mean": 0.25, "error": 0.0, "tau_int": None}
     with h5py.File(path, "r") as f:
         assert f["results/ms"].attrs["error"] == pytest.approx(saved["ms"]["error"])
+        assert "tau_int" not in f["results/acceptance"].attrs  # constant: no autocorrelation time
+    # results.csv: the table, one row per observable
+    for name in ("results.csv", "structure_factor.csv", "samples.csv"):
+        assert f"wrote {tmp_path / 'run' / name}" in out
+    table = (tmp_path / "run" / "results.csv").read_text().splitlines()
+    assert table[0] == "observable,mean,error,tau_int,tau_int_error,ess,n_chains,n_measurements"
+    assert [row.split(",")[0] for row in table[1:]] == list(results)
+    ms_row = dict(zip(table[0].split(","), table[1 + list(results).index("ms")].split(","), strict=True))
+    assert float(ms_row["mean"]) == saved["ms"]["mean"] and float(ms_row["tau_int"]) == saved["ms"]["tau_int"]
+    assert table[1 + list(results).index("acceptance")].split(",")[3:6] == ["", "", ""]
+    # structure_factor.csv: 16 momenta in units of π, the peak at (1, 1) = (π, π)
+    rows = [line.split(",") for line in (tmp_path / "run" / "structure_factor.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 16 and {float(r[0]) for r in rows} == {-0.5, 0.0, 0.5, 1.0}
+    peak = max(rows, key=lambda r: float(r[2]))
+    assert (float(peak[0]), float(peak[1])) == (1.0, 1.0)
+    assert float(peak[2]) == pytest.approx(samples["sq"][:, :30, 2, 2].mean())
+    assert "at q/π = (1, 1)" in out
+    # samples.csv: the raw samples, on request only
     rows = (tmp_path / "run" / "samples.csv").read_text().splitlines()
     assert rows[0] == "chain,measurement,observable,value"
     assert len(rows) == 1 + 4 * 3 * 30
     chain, k, name, value = rows[1 + 30 + 5].split(",")  # omega, chain 1, measurement 5
     assert (chain, k, name) == ("1", "5", "omega") and float(value) == samples["omega"][1, 5]
+
+
+def test_constant_observable_is_reported_as_constant(tmp_path, capsys):
+    """density = 1 up to rounding noise (~1e-16) gets its value and error 0, no τ_int or ESS from the noise."""
+    rng = np.random.default_rng(8)
+    samples = {"ms": 0.5 + 0.1 * ar1(rng, 0.5, 2, 200)}
+    samples["density"] = 1.0 + rng.choice([-2.2e-16, 0.0, 2.2e-16], size=(2, 200))
+    assert np.ptp(samples["density"]) > 0  # a plain ptp == 0 test would not catch it
+    results = analyze_run(write_run(tmp_path / "run", samples).parent)
+    density = results["density"]
+    assert density["constant"] is True and density["error"] == 0.0
+    assert density["tau_int"] is None and density["ess"] is None
+    assert density["mean"] == pytest.approx(1.0, abs=1e-15)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("density"))
+    assert line.split() == ["density", "1", "constant", "-"]
+    assert results["ms"]["tau_int"] > 0.5 and "constant" not in results["ms"]  # a real observable is untouched
+
+
+def test_non_finite_samples_are_named_and_left_out(tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    samples = {name: 0.5 + 0.1 * ar1(rng, 0.5, 2, 50) for name in ("omega", "ms")}
+    samples["omega"][1, 7] = np.nan
+    samples["omega"][0, 3] = np.inf
+    results = analyze_run(write_run(tmp_path / "run", samples).parent)
+    err = capsys.readouterr().err
+    assert "/samples/omega holds 2 non-finite values (nan or inf) among 100: omega is left out" in err
+    assert "omega" not in results and np.isfinite(results["ms"]["mean"])
 
 
 def test_live_run_is_analysed_without_writing_the_group(tmp_path):

@@ -10,6 +10,7 @@ from ruamel.yaml import YAML
 from slmc_hpc.config import (
     DEFAULTS,
     Config,
+    bandwidth,
     config_from_dict,
     config_sha256,
     default_config,
@@ -104,9 +105,38 @@ def test_partial_file_is_merged_over_defaults(tmp_path):
     assert (cfg.model.lx, cfg.model.ly, cfg.model.T, cfg.seed) == (4, 6, 0.05, 7)
     assert cfg.model.hoppings == {2: 0.5}  # a mapping value is replaced, not merged
     assert cfg.sampler == default_config().sampler  # an empty section means defaults
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# nothing set\n"])
+def test_empty_file_is_refused(tmp_path, text):
+    """A forgotten or truncated job file must not run the defaults silently (in the default output.dir)."""
     empty = tmp_path / "empty.yaml"
-    empty.write_text("# nothing set\n")
-    assert load_config(empty) == default_config()
+    empty.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{empty}: empty \(or only comments\): write at least one key, or run"):
+        load_config(empty)
+
+
+def test_empty_file_exits_2_with_one_message(tmp_path, capsys):
+    from slmc_hpc.cli import main
+
+    (tmp_path / "empty.yaml").write_text("")
+    assert main(["config", str(tmp_path / "empty.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"slmc-hpc: error: {tmp_path / 'empty.yaml'}: empty")
+
+
+def test_temperature_bounds_follow_the_bandwidth():
+    """W = 2 sum_n |t_n| |D_n| + |J|: 2*1*4 + 1 = 9 for the defaults; T must lie in [1e-6 W, 1e3 W]."""
+    assert bandwidth(default_config().model) == 9.0
+    cfg = config_from_dict({"model": {"hoppings": {1: 1.0, 2: -0.5}, "J": -4.0}})
+    assert bandwidth(cfg.model) == 2 * (4 * 1.0 + 4 * 0.5) + 4.0  # shell 2 (diagonals) also has 4 vectors
+    for T in (9e-6, 9e3):  # the bounds themselves are allowed
+        assert config_from_dict({"model": {"T": T}}).model.T == T
+    with pytest.raises(ConfigError, match=r"^model\.T: must lie between 9e-06 and 9e\+03 .* got 1e-300: below"):
+        config_from_dict({"model": {"T": 1e-300}})
+    with pytest.raises(ConfigError, match=r"^model\.T: .*W = .* = 9\), got 100000.0: .*infinite temperature"):
+        config_from_dict({"model": {"T": 1e5}})
+    assert config_from_dict({"model": {"hoppings": {}, "J": 0.0, "T": 1e-9}}).model.T == 1e-9  # no energy scale
 
 
 def test_config_is_frozen():
@@ -134,6 +164,8 @@ BAD = [
     ({"model": {"hoppings": [1.0]}}, "model.hoppings", ["mapping", "[1.0]"]),
     ({"model": {"T": -1}}, "model.T", ["> 0", "got -1"]),
     ({"model": {"T": 0}}, "model.T", ["> 0", "got 0"]),
+    ({"model": {"T": 1e-300}}, "model.T", ["bandwidth", "got 1e-300", "underflows"]),
+    ({"model": {"T": 1e5}}, "model.T", ["bandwidth", "got 100000.0", "free"]),
     ({"model": {"lx": 1}}, "model.lx", [">= 2", "got 1"]),
     ({"model": {"ly": 0}}, "model.ly", [">= 2", "got 0"]),
     ({"evaluator": {"kind": "numpy"}}, "evaluator.kind", ["dense | cupy | slepc", "'numpy'"]),

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from test_analysis import CONFIG_4X4, ar1, write_run
 
+from slmc_hpc.analysis import q_over_pi, structure_factor
 from slmc_hpc.errors import InputError
-from slmc_hpc.plots import autocorrelation, plot_run, plot_scan
+from slmc_hpc.plots import autocorrelation, plot_run, plot_scan, run_label, running_mean
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -73,3 +74,34 @@ def test_autocorrelation_of_ar1_is_geometric():
 def test_missing_run_dir(tmp_path):
     with pytest.raises(InputError):
         plot_run(tmp_path / "missing")
+
+
+def test_plot_accepts_run_h5_and_titles_name_the_run(tmp_path):
+    path = fake_run(tmp_path / "run", training=False) / "run.h5"
+    assert [p.parent for p in plot_run(path)] == [tmp_path / "run" / "plots"] * 3
+    config = {"model": {"lx": 6, "ly": 4, "T": 0.05}, "sampler": {"kind": "slmc"}, "effective": {"kind": "linear"}}
+    assert run_label(config) == "6×4, T = 0.05, slmc sampler, linear H_eff"
+    assert run_label({**config, "sampler": {"kind": "exact"}}) == "6×4, T = 0.05, exact sampler, no H_eff"
+
+
+def test_plot_of_a_run_without_data_says_so_and_leaves_no_folder(tmp_path):
+    write_run(tmp_path / "run", {"ms": np.zeros((2, 0))}, status="running")
+    with pytest.raises(InputError, match="no measurements and no training data yet: nothing to plot"):
+        plot_run(tmp_path / "run")
+    assert not (tmp_path / "run" / "plots").exists()
+
+
+def test_structure_factor_grid_runs_over_minus_pi_to_pi_with_the_neel_peak_at_pi_pi(tmp_path):
+    np.testing.assert_allclose(q_over_pi(4), [-0.5, 0.0, 0.5, 1.0])  # q = π included for even L
+    np.testing.assert_allclose(q_over_pi(5), [-0.8, -0.4, 0.0, 0.4, 0.8])
+    sq = structure_factor(fake_run(tmp_path / "run", training=False) / "run.h5")
+    iy, ix = np.unravel_index(np.argmax(sq["mean"]), sq["mean"].shape)
+    assert (sq["qx"][ix], sq["qy"][iy]) == (1.0, 1.0)  # fake_run's peak sits at FFT index (2, 2) = (π, π)
+    assert sq["error"].shape == (4, 4) and (sq["error"] > 0).all()
+
+
+def test_acceptance_running_mean():
+    accepted = np.tile([1.0, 0.0], 50)[None]  # 0/1 per outer step
+    smooth = running_mean(accepted, 10)
+    np.testing.assert_allclose(smooth[0, 9:], 0.5)  # a full window of alternating 0/1
+    np.testing.assert_allclose(smooth[0, :3], [1.0, 0.5, 2 / 3])  # shorter windows at the start

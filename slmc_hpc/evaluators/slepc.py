@@ -36,12 +36,12 @@ def import_slepc():
     except ImportError as exc:
         raise ConfigError(
             f"evaluator.kind: slepc needs petsc4py and slepc4py built with complex scalars ({exc}); "
-            "use evaluator.kind: dense or load the cluster's complex PETSc/SLEPc modules"
+            "use evaluator.kind: dense or load the cluster's complex PETSc/SLEPc modules (docs/stack.md)"
         ) from exc
     if PETSc.ScalarType is not np.complex128:
         raise ConfigError(
             f"evaluator.kind: slepc needs a complex PETSc build, but PETSc.ScalarType is {PETSc.ScalarType.__name__}; "
-            "put the complex petsc4py/slepc4py first on the path (STACK.md) or set PETSC_DIR/PETSC_ARCH"
+            "put the complex petsc4py/slepc4py first on the path or set PETSC_DIR/PETSC_ARCH (docs/stack.md)"
         )
     return PETSc, SLEPc
 

@@ -3,7 +3,8 @@
 Layout: one dataset per parameter tensor (named as in `model.parameters()`), attrs `kind`, `n_J`,
 `n_layers`, `n_att`, `n_parameters`, `frozen`; the history (loss per step, acceptance per round,
 ...) as datasets under `history/`. The caller opens the file. Under MPI-IO every rank calls
-`write_model` with the same (broadcast) model, as HDF5 metadata operations are collective.
+`write_model` with the same (broadcast) model, as HDF5 metadata operations are collective (and the
+datasets, checksummed with Fletcher-32, are written collectively too: `slmc_hpc.io.integrity`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from slmc_hpc.effective import make_effective
 from slmc_hpc.errors import InputError
+from slmc_hpc.io.integrity import create_dataset, read
 from slmc_hpc.lattice import Lattice
 
 HISTORY = "history"
@@ -24,7 +26,7 @@ HISTORY = "history"
 def _replace(group: h5py.Group, name: str, data: np.ndarray) -> None:
     if name in group:
         del group[name]
-    group.create_dataset(name, data=data)
+    create_dataset(group, name, data=data)
 
 
 def write_model(group: h5py.Group, model, history: dict | None = None, frozen: bool = False) -> None:
@@ -76,12 +78,12 @@ def read_model(group: h5py.Group, lattice: Lattice):
             raise InputError(
                 f"{group.file.filename}:{group.name}/{name}: expected a parameter of shape {value.shape}, found {found}"
             )
-        parameters[name] = group[name][()]
+        parameters[name] = read(group[name])
     for name in optional:
         if name in group:
-            parameters[name] = group[name][()]
+            parameters[name] = read(group[name])
     model.set_parameters(parameters)
-    history = {name: ds[()] for name, ds in group[HISTORY].items()} if HISTORY in group else {}
+    history = {name: read(ds) for name, ds in group[HISTORY].items()} if HISTORY in group else {}
     return model, history
 
 

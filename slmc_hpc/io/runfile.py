@@ -4,8 +4,9 @@ Layout (CONTRIBUTING.md, format_version 1): root attrs; `/samples/<obs>` [n_chai
 (`sq`: [n_chains, n_measurements, ly, lx]); `/timing/<kind>` [mpi_size, n_measurements];
 `/training/<name>` [length]; `/model` (written by `slmc_hpc.io.model`). Every metadata operation
 (create, resize, attribute) is collective, so every rank calls every method here with the same
-arguments; raw data are written independently, each rank to its own rows. Sample chunks span exactly
-one rank's chains, so no two ranks ever write into the same chunk.
+arguments. Every dataset carries HDF5's Fletcher-32 checksums (`slmc_hpc.io.integrity`), so parallel HDF5
+writes its data collectively: each rank its own rows, in one write that all ranks call. Sample chunks span
+exactly one rank's chains, so no two ranks ever write into the same chunk.
 
 `/samples.attrs["n_measurements"]` counts the columns that are complete: it is raised only after
 every rank has written its rows, followed by a flush, so a reader that opens the file with
@@ -22,6 +23,8 @@ import h5py
 import numpy as np
 
 from slmc_hpc.errors import InputError
+from slmc_hpc.io.integrity import create_dataset, write_part
+from slmc_hpc.parallel import barrier, broadcast
 from slmc_hpc.physics import SCALAR_OBSERVABLES
 
 FORMAT_VERSION = 1
@@ -83,14 +86,15 @@ class RunFile:
     def create(cls, path: str | Path, comm, layout: Layout, attrs: dict) -> RunFile:
         """A new run file (truncating any old one) with empty, growable datasets."""
         f = open_parallel(path, "w", comm)
-        attrs = comm.bcast(attrs, root=0)  # identical metadata on every rank (see set_attrs)
+        attrs = broadcast(comm, attrs)  # identical metadata on every rank (see set_attrs)
         for key, value in {"format_version": FORMAT_VERSION, **attrs}.items():
             f.attrs[key] = value
         samples = f.create_group("samples")
         samples.attrs["n_measurements"] = 0
         rows, site_shape = layout.chains_per_writer, (layout.ly, layout.lx)
         for name in SAMPLE_NAMES:
-            samples.create_dataset(
+            create_dataset(
+                samples,
                 name,
                 shape=(layout.n_chains, 0),
                 maxshape=(layout.n_chains, None),
@@ -98,7 +102,8 @@ class RunFile:
                 dtype="f8",
                 fillvalue=np.nan,
             )
-        samples.create_dataset(
+        create_dataset(
+            samples,
             "sq",
             shape=(layout.n_chains, 0, *site_shape),
             maxshape=(layout.n_chains, None, *site_shape),
@@ -109,9 +114,8 @@ class RunFile:
         timing = f.create_group("timing")
         timing.attrs["unit"] = "s"
         for name in TIMING_NAMES:
-            timing.create_dataset(
-                name, shape=(layout.mpi_size, 0), maxshape=(None, None), chunks=(1, _chunk_length(8)), dtype="f8"
-            )
+            shape = (layout.mpi_size, 0)
+            create_dataset(timing, name, shape=shape, maxshape=(None, None), chunks=(1, _chunk_length(8)), dtype="f8")
         f.create_group("training")
         f.flush()
         return cls(f, layout, comm)
@@ -159,7 +163,7 @@ class RunFile:
         HDF5 requires identical metadata on all ranks; broadcasting makes values that each rank
         computes itself (clock readings, timings) safe.
         """
-        attrs = self.comm.bcast(attrs, root=0)
+        attrs = broadcast(self.comm, attrs)
         for key, value in attrs.items():
             self.file.attrs[key] = value
 
@@ -179,13 +183,13 @@ class RunFile:
         group, lay = self.file["samples"], self.layout
         for name in (*SAMPLE_NAMES, "sq"):
             group[name].resize(stop, axis=1)
-            if lay.rows is not None:
-                group[name][lay.rows.start : lay.rows.stop, start:stop] = samples[name]
+            rows = None if lay.rows is None else np.s_[lay.rows.start : lay.rows.stop, start:stop]
+            write_part(group[name], rows, None if rows is None else samples[name])
         for name in TIMING_NAMES:
             ds = self.file["timing"][name]
             ds.resize(stop, axis=1)
-            ds[lay.rank, start:stop] = timing[name]
-        self.comm.Barrier()  # every rank's columns are written before they are declared complete
+            write_part(ds, np.s_[lay.rank, start:stop], timing[name])
+        barrier(self.comm)  # every rank's columns are written before they are declared complete
         group.attrs["n_measurements"] = stop
         self.file.flush()
 
@@ -195,10 +199,9 @@ class RunFile:
         for name, values in history.items():
             values = np.asarray(values, dtype=np.float64)
             if name not in group:
-                group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(1024,), dtype="f8")
+                create_dataset(group, name, shape=(0,), maxshape=(None,), chunks=(1024,), dtype="f8")
             group[name].resize(len(values), axis=0)
-            if self.layout.rank == 0 and len(values):
-                group[name][:] = values
+            write_part(group[name], np.s_[:] if self.layout.rank == 0 else None, values)
         self.file.flush()
 
     def flush(self) -> None:
