@@ -151,16 +151,25 @@ def plot_autocorrelation(samples: dict[str, np.ndarray], info: dict, path: Path)
 
 
 def plot_training(training: dict[str, np.ndarray], info: dict, path: Path) -> Path:
-    """Training loss per optimizer step (dotted lines: round boundaries) and the SLMC acceptance per round."""
-    steps_per_round = info["config"].get("training", {}).get("steps_per_round")
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.9))
+    """Minibatch loss per optimizer step (dotted lines: round ends), the training and held-out validation
+    loss after each round's fit, and the SLMC acceptance per round."""
+    fig, (loss_ax, round_ax, acc_ax) = plt.subplots(1, 3, figsize=(14, 3.9))
     loss = training.get("loss", np.array([]))
     if loss.size:
         loss_ax.semilogy(np.arange(1, loss.size + 1), loss, lw=0.8)
-        if steps_per_round:
-            for boundary in range(steps_per_round, loss.size, steps_per_round):
+        # Rounds stop early on the validation loss, so their lengths come from round_steps.
+        for boundary in np.cumsum(training.get("round_steps", np.array([])))[:-1]:
+            if 0 < boundary < loss.size:
                 loss_ax.axvline(boundary + 0.5, color="grey", ls=":", lw=0.8)
     loss_ax.set(xlabel="optimizer step", ylabel=r"loss  MSE of $(\Omega - H_{eff})/N$", title="training loss")
+    for name, label, marker in (("round_loss", "training data", "o-"), ("round_validation_loss", "validation", "s--")):
+        values = training.get(name, np.array([]))
+        if values.size and np.any(np.isfinite(values) & (values > 0)):
+            round_ax.semilogy(np.arange(1, values.size + 1), values, marker, label=label)
+    if round_ax.lines:
+        round_ax.legend()
+        round_ax.set_xticks(np.arange(1, len(round_ax.lines[0].get_xdata()) + 1))
+    round_ax.set(xlabel="round", ylabel="MSE after the round's fit", title="training vs held-out loss")
     acceptance = training.get("round_acceptance", np.array([]))
     if acceptance.size:
         rounds = np.arange(1, acceptance.size + 1)
