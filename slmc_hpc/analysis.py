@@ -46,7 +46,7 @@ def run_file(path: Path) -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise InputError(f"{path} does not exist (expected the output.dir of a run, or its {RUN_FILE})")
+        raise InputError(f"run directory not found: {path} (expected the output.dir of a run, or its {RUN_FILE})")
     candidate = path / RUN_FILE
     if not candidate.is_file():
         raise InputError(f"{candidate} does not exist (is {path} the output.dir of a run?)")
