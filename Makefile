@@ -15,7 +15,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 export H5PY_ALWAYS_USE_MPI := 1
 
-.PHONY: install install-gpu apt venv test test-cluster bench scaling lint demo clean
+.PHONY: install install-gpu apt venv test test-cluster bench scaling lint demo clean bench-scale
 
 install: apt $(VENV)/.installed
 
@@ -61,6 +61,11 @@ test-cluster: install
 bench: install
 	$(PY) tools/bench_evaluators.py
 	$(PY) tools/bench_slmc.py
+
+# Whole runs, training included, at L = 8, 12, 16 against the exact local MC and all-shell linear SLMC
+# (about 45 minutes on 2 cores; run it alone on the machine). L = 24: --sizes 24 (hours).
+bench-scale: install
+	$(PY) tools/bench_scale.py --sizes 8 12 16
 
 # Weak and strong scaling over MPI rank counts (tools/scaling.py --help for a cluster's rank counts).
 scaling: install

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "--exact-sweeps",
         type=int,
         nargs="+",
-        help="exact local MC sweeps per size (default: 60 at L <= 8, 25 at L = 12, 4 beyond)",
+        help="exact local MC sweeps per size (default: --tau-sweeps at --tau-size, 25 up to L = 12, 4 beyond)",
     )
     parser.add_argument("--tau-size", type=int, default=8, help="lattice of the long exact run that gives τ_int")
     parser.add_argument("--tau-sweeps", type=int, default=200, help="sweeps of that run")
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 wall = run_job(settings, run_dir, args.ranks)
                 rows[name] = summarize_slmc(run_dir, wall)
                 print(f"#   L={size} {name}: {wall:.0f} s wall", flush=True)
-            sweeps = args.exact_sweeps[index] if args.exact_sweeps else (60 if size <= 8 else 25 if size <= 12 else 4)
+            default_sweeps = args.tau_sweeps if size == args.tau_size else 25 if size <= 12 else 4
+            sweeps = args.exact_sweeps[index] if args.exact_sweeps else default_sweeps
             run_dir = base / f"L{size}_exact"
             exact_job = {
                 **lattice,
