@@ -23,8 +23,8 @@ import h5py
 import numpy as np
 
 from slmc_hpc.errors import InputError
-from slmc_hpc.io.integrity import create_dataset, write_part
-from slmc_hpc.parallel import barrier, broadcast
+from slmc_hpc.io.integrity import create_dataset, verify_file, write_part
+from slmc_hpc.parallel import barrier, broadcast, on_root
 from slmc_hpc.physics import SCALAR_OBSERVABLES
 
 FORMAT_VERSION = 1
@@ -122,7 +122,12 @@ class RunFile:
 
     @classmethod
     def reopen(cls, path: str | Path, comm, layout: Layout, position: int) -> RunFile:
-        """Continue a run file at `position` measurements (later columns are dropped: they are redone)."""
+        """Continue a run file at `position` measurements (later columns are dropped: they are redone).
+
+        Rank 0 first reads everything that is kept (checksums included): a damaged file is named and the
+        run refused on every rank, rather than extended with numbers nobody could trust.
+        """
+        on_root(comm, verify_file, path, position, ("samples", "timing"))
         try:
             f = open_parallel(path, "r+", comm)
         except OSError as exc:
