@@ -7,12 +7,13 @@ slmc:   warmup (optional exact sweeps) -> train (rounds, from H_eff = 0 or from 
 
 Every rank runs its own chains; with `evaluator.kind: slepc` the world is split into groups of
 `ranks_per_config` ranks that share one diagonalisation and hold identical chains, and only a
-group's leader writes its rows (`parallel.Topology`). All decisions that change control flow
-(checkpoint now, stop now) are taken collectively at step boundaries, so every rank enters the same
-collectives in the same order; an exception on one rank propagates to the CLI, which aborts the job.
+group's leader writes its rows (`parallel.Topology`). An exception on one rank propagates to the
+CLI, which aborts the job.
 
-The other jobs live elsewhere: the run directory (lock, start or resume, status) in `io.rundir`,
-measurements to run.h5 in `recorder`, checkpoints from the components' state dicts in `checkpointing`,
+This module holds what a phase does. The other jobs live elsewhere: the step loop and its collective
+decisions (checkpoint now, stop now, flush now) in `stepping`, the run directory (lock, start or
+resume, status) in `io.rundir`, measurements to run.h5 in `recorder`, checkpoints from the
+components' state dicts in `checkpointing`, the starting effective model in `effective.starting`,
 what the job needs in `resources`, MPI in `parallel`.
 """
 
@@ -35,21 +36,16 @@ from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.io.checkpoint import rng_from_text, rng_state_text
 from slmc_hpc.io.rundir import CHECKPOINT_FILE, RUN_FILE, RunDirectory, status_report
 from slmc_hpc.io.runfile import TIMING_NAMES, TRAINING_NAMES, RunFile, package_versions
-from slmc_hpc.parallel import Topology, allreduce_sum, on_every_rank, on_root, ranks_on_this_node, world
+from slmc_hpc.parallel import Topology, on_every_rank, on_root, ranks_on_this_node, world
 from slmc_hpc.physics import DoubleExchange
 from slmc_hpc.recorder import FLUSH_MEASUREMENTS, Recorder, layout, write_failure
 from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_chains, measure
+from slmc_hpc.stepping import Interrupted, Progress, StepLoop
 
 __all__ = ["run_simulation", "status_report", "phases", "RUN_FILE", "CHECKPOINT_FILE"]
 
-FLUSH_SECONDS = 30.0  # flush at least this often (and twice per checkpoint interval), so that readers see progress
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-DECISION_SECONDS = 0.05  # how often the ranks agree on stop/checkpoint/flush (bounds the reaction to a signal)
 DONE = "done"
-
-
-class Interrupted(Exception):
-    """A stop signal arrived; the checkpoint is written and the run can be resumed."""
 
 
 def build_model(config: Config) -> DoubleExchange:
@@ -80,19 +76,6 @@ def build_topology(config: Config, comm) -> Topology:
 
 
 @dataclass
-class Progress:
-    """Where the run stands: phase, steps done in it, measurements taken, training rounds done."""
-
-    phase: str
-    step: int = 0
-    measurements: int = 0
-    rounds: int = 0
-
-    def counters(self) -> dict:
-        return {"phase": self.phase, "step": self.step, "measurements": self.measurements, "rounds": self.rounds}
-
-
-@dataclass
 class Window:
     """Accumulators of the current measurement window (acceptance per chain, seconds per kind)."""
 
@@ -114,17 +97,6 @@ class _History:
         self.run.history = {name: list(np.asarray(values, dtype=np.float64)) for name, values in state.items()}
 
 
-@dataclass
-class Pace:
-    """Speed of the current phase in this job (for the heartbeat: `status` shows rate and time left)."""
-
-    phase: str
-    total: int
-    started: float
-    step: int
-    measurements: int
-
-
 class Run:
     """One rank's view of a run: its chains, samplers, components and the phase loop."""
 
@@ -142,15 +114,24 @@ class Run:
         #: The production inner chain (sweeps, block): the sampler's values, `auto` until the tune phase.
         self.inner = (config.sampler.inner_sweeps, config.sampler.inner_block)
         if config.sampler.kind == "slmc":
-            build = self._load_effective if config.effective.load else self._new_effective
-            self.effective = on_every_rank(topo.comm, build)
+            from slmc_hpc.effective.starting import loaded_model, starting_model
+
+            build = loaded_model if config.effective.load else starting_model
+            self.effective = on_every_rank(topo.comm, lambda: build(config.effective, self.model, config.seed))
         self.history: dict[str, list[float]] = {name: [] for name in TRAINING_NAMES}
         self.progress = Progress(self.phases[0])
         self.checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, topo, to_yaml(config), config_sha256(config))
-        self.steps_undecided, self.decide_every, self.last_decision = 0, 1, time.monotonic()
-        self.last_checkpoint = self.last_flush = time.monotonic()
-        self.step_seconds = 0.0
-        self.pace = Pace(self.progress.phase, 0, time.monotonic(), 0, 0)
+        self.loop = StepLoop(
+            topo,
+            stop,
+            rundir,
+            config.output.checkpoint_every,
+            progress=lambda: self.progress,
+            checkpoint=self._checkpoint,
+            flush=self._flush,
+            buffered=lambda: len(self.recorder),
+            flush_measurements=FLUSH_MEASUREMENTS,
+        )
         if mode == "resume":
             self._resume()
         else:
@@ -228,37 +209,6 @@ class Run:
     def runfile(self) -> RunFile:
         return self.recorder.runfile
 
-    def _new_effective(self):
-        """An untrained model (H_eff = 0), or with `effective.init` a stored one carried to this lattice."""
-        from slmc_hpc.effective import check_architecture, make_effective, transfer
-        from slmc_hpc.effective.training import proposal_for_lattice
-
-        init = self.config.effective.init
-        if init is None:
-            return make_effective(self.config.effective, self.model.lattice)
-        stored, stored_lattice = self._read_stored("init")
-        check_architecture(stored, self.config.effective, init, allow_other_n_J=True)
-        model = transfer(stored, self.model.lattice, self.config.effective, stored_lattice.n_sites)
-        proposal_for_lattice(model, self.model.T, self.config.seed)
-        return model
-
-    def _load_effective(self):
-        """The trained model stored in the run file that `effective.load` names (frozen)."""
-        from slmc_hpc.effective import check_architecture
-        from slmc_hpc.effective.training import proposal_for_lattice
-
-        model, _ = self._read_stored("load")
-        check_architecture(model, self.config.effective, self.config.effective.load)
-        if getattr(model, "proposal", False) is None:  # trained on another lattice: refit, no diagonalisation
-            proposal_for_lattice(model, self.model.T, self.config.seed)
-        return model
-
-    def _read_stored(self, key: str):
-        """(model rebuilt on this lattice, the lattice it was trained on) from the file `effective.<key>` names."""
-        from slmc_hpc.io.model import read_stored
-
-        return read_stored(getattr(self.config.effective, key), f"effective.{key}", self.model.lattice)
-
     def _make_learner(self) -> None:
         """The self-learning loop, only while warmup or training remain to be done."""
         if self.progress.phase not in ("warmup", "train"):
@@ -304,7 +254,7 @@ class Run:
         def sweep():
             return self.learner.warmup(self.state, 1), {}
 
-        self._loop("warmup", self.config.training.warmup_sweeps, sweep, measuring=False)
+        self._loop(self.config.training.warmup_sweeps, sweep, measuring=False)
 
     def _phase_train(self) -> None:
         """The initial linear fit, then sample-then-train rounds (checkpointable per round)."""
@@ -320,7 +270,7 @@ class Run:
                 self.runfile.add_seconds(f"training_{part}", trainer.seconds[part] - seconds)
             return result.acceptance, {}
 
-        self._loop("train", self.config.training.rounds, round_, measuring=False)
+        self._loop(self.config.training.rounds, round_, measuring=False)
         self.history = {name: list(values) for name, values in self.learner.history.items()}
         self.learner = None  # the training data are not needed any more
 
@@ -360,11 +310,11 @@ class Run:
             sys.stderr.write(f"slmc-hpc: production inner chain: inner_sweeps {sweeps}, inner_block {block} ({mode})\n")
 
     def _phase_thermalize(self) -> None:
-        self._loop("thermalize", self.config.sampler.thermalization, self._sampler_step(), measuring=False)
+        self._loop(self.config.sampler.thermalization, self._sampler_step(), measuring=False)
 
     def _phase_production(self) -> None:
         s = self.config.sampler
-        self._loop("production", s.measurements * s.measure_every, self._sampler_step(), measuring=True)
+        self._loop(s.measurements * s.measure_every, self._sampler_step(), measuring=True)
 
     def _sampler_step(self):
         """One sweep (exact) or one outer step (slmc, frozen H_eff): (acceptance per chain, timings)."""
@@ -385,26 +335,24 @@ class Run:
             raise RuntimeError("the inner chain is used before it was tuned")
         return SLMCSampler(self.evaluator, self.effective, sweeps, block)
 
-    def _loop(self, phase: str, total: int, step, measuring: bool) -> None:
-        """Run `step` until the phase has `total` steps, measuring and deciding at every step boundary."""
+    def _loop(self, total: int, step, measuring: bool) -> None:
+        """Run `step` until the phase has `total` steps, accumulating the window and measuring every `measure_every`."""
         every = self.config.sampler.measure_every
-        accepted_sum, steps_here = 0.0, 0
-        self.pace = Pace(phase, total, time.monotonic(), self.progress.step, self.progress.measurements)
-        with self._progress_bar(phase, total) as bar:
-            while self.progress.step < total:
-                accepted, timings = step()
-                self.progress.step += 1
-                w = self.window
-                w.acceptance += accepted
-                w.steps += 1
-                for key, seconds in timings.items():
-                    w.seconds[key] += seconds
-                if measuring and self.progress.step % every == 0:
-                    self._measure()
-                accepted_sum, steps_here = accepted_sum + float(np.mean(accepted)), steps_here + 1
-                bar.update(1)
-                bar.set_postfix(acceptance=f"{accepted_sum / steps_here:.3f}", refresh=False)
-                self._boundary()
+
+        def counted_step() -> float:
+            accepted, timings = step()
+            w = self.window
+            w.acceptance += accepted
+            w.steps += 1
+            for key, seconds in timings.items():
+                w.seconds[key] += seconds
+            return float(np.mean(accepted))
+
+        def after_step(number: int) -> None:
+            if measuring and number % every == 0:
+                self._measure()
+
+        self.loop.run(total, counted_step, after_step)
         self.window = Window(np.zeros(len(self.topo.chains)))
 
     def _measure(self) -> None:
@@ -417,62 +365,12 @@ class Run:
         self.window = Window(np.zeros(len(self.topo.chains)))
         self.progress.measurements += 1
 
-    # -- collective decisions ---------------------------------------------------------------------
-    def _boundary(self) -> None:
-        """Between two steps: every rank learns whether to stop, checkpoint or flush, and does it.
-
-        The ranks agree by an allreduce every `decide_every` steps; rank 0 sets that interval to
-        about DECISION_SECONDS of steps, so fast steps do not pay a synchronisation each. Rank 0 also
-        refreshes the lock's heartbeat here (about every 30 s): a hung run stops beating.
-        """
-        self.steps_undecided += 1
-        if self.topo.rank == 0:
-            self._heartbeat()
-        if self.steps_undecided < self.decide_every:
-            return
-        flags = np.zeros(4, dtype=np.int64)
-        flags[0] = self.stop.requested
-        if self.topo.rank == 0:
-            now = time.monotonic()
-            flags[1] = now - self.last_checkpoint >= self.config.output.checkpoint_every
-            flags[2] = now - self.last_flush >= min(FLUSH_SECONDS, self.config.output.checkpoint_every / 2)
-            self.step_seconds = (now - self.last_decision) / self.steps_undecided
-            flags[3] = np.clip(round(DECISION_SECONDS / max(self.step_seconds, 1e-9)), 1, 1000)
-            self.last_decision = now
-        flags = allreduce_sum(self.topo.comm, flags)
-        self.steps_undecided, self.decide_every = 0, int(flags[3])
-        if flags[0]:
-            self._checkpoint()
-            raise Interrupted
-        if flags[1]:
-            self._checkpoint()
-        elif flags[2] or len(self.recorder) >= FLUSH_MEASUREMENTS:
-            self._flush()
-        if self.topo.rank == 0:
-            self.last_decision = time.monotonic()  # time spent writing is not a step
-
-    def _heartbeat(self, force: bool = False) -> None:
-        """Rank 0: where the run stands and how fast it goes, into run.lock (at most every 30 s unless `force`)."""
-        pace, progress = self.pace, self.progress
-        elapsed = max(time.monotonic() - pace.started, 1e-9)
-        self.rundir.beat(
-            force=force,
-            phase=progress.phase,
-            step=progress.step,
-            phase_steps=pace.total,
-            measurements=progress.measurements,
-            steps_per_second=(progress.step - pace.step) / elapsed,
-            measurements_per_second=(progress.measurements - pace.measurements) / elapsed,
-            step_seconds=self.step_seconds,
-        )
-
+    # -- collective writes -------------------------------------------------------------------------
     def _flush(self) -> None:
         """Write the buffered measurements to run.h5 (collective)."""
         start = time.perf_counter()
         self.recorder.flush(self._history_arrays())
-        self.last_flush = time.monotonic()
-        if self.topo.rank == 0:
-            self._heartbeat(force=True)  # the data on disk and the heartbeat advance together
+        self.loop.flushed()
         self.window.seconds["io"] += time.perf_counter() - start
 
     def _history_arrays(self) -> dict[str, np.ndarray]:
@@ -499,23 +397,8 @@ class Run:
             "inner_block": self.inner[1],
         }
         self.checkpointer.save(counters, rows, rngs)
-        self.last_checkpoint = time.monotonic()
+        self.loop.checkpointed()
         self.window.seconds["io"] += time.perf_counter() - start
-
-    # -- progress ---------------------------------------------------------------------------------
-    def _progress_bar(self, phase: str, total: int):
-        from tqdm import tqdm
-
-        return tqdm(
-            total=total,
-            initial=self.progress.step,
-            desc=phase,
-            unit="step",
-            file=sys.stderr,
-            disable=self.topo.rank != 0,
-            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # batch logs get a line every 30 s
-            dynamic_ncols=True,
-        )
 
 
 # ------------------------------------------------------------------------------------ entry points
