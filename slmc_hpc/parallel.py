@@ -145,6 +145,21 @@ def on_every_rank(comm, function: Callable[[], Any]) -> Any:
     return result
 
 
+def comm_size(comm) -> int:
+    """Ranks in `comm` (1 without MPI)."""
+    return 1 if comm is None else comm.Get_size()
+
+
+def mpi_library_version() -> str | None:
+    """The MPI library's own version line (for provenance), or None where mpi4py is not usable."""
+    try:
+        from mpi4py import MPI
+
+        return MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
+    except Exception:  # noqa: BLE001 - provenance only: an unusable MPI must not stop a run file being written
+        return None
+
+
 def ranks_on_this_node(comm) -> int:
     """How many ranks of `comm` share this node's memory (MPI_COMM_TYPE_SHARED); 1 without MPI."""
     if comm is None or comm.Get_size() == 1:

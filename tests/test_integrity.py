@@ -143,4 +143,3 @@ def test_checkpoint_round_trip_and_damaged_rng_text(tmp_path):
     flip_byte_in_chunk(path, "chains/rng", position=30)
     with pytest.raises(InputError, match=rf"^{path}: /chains/rng: damaged, .*Fletcher32 checksum"):
         read_checkpoint(path, n_chains=3)
-

@@ -24,7 +24,7 @@ import numpy as np
 
 from slmc_hpc.errors import InputError
 from slmc_hpc.io.integrity import create_dataset, verify_file, write_part
-from slmc_hpc.parallel import barrier, broadcast, on_root
+from slmc_hpc.parallel import barrier, broadcast, comm_size, mpi_library_version, on_root
 from slmc_hpc.physics import SCALAR_OBSERVABLES
 
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ def open_parallel(path: str | Path, mode: str, comm) -> h5py.File:
     only, see `require_parallel_hdf5`) with the default serial driver. The file's format is the same."""
     if h5py.get_config().mpi:
         return h5py.File(path, mode, driver="mpio", comm=comm)
-    require_parallel_hdf5(comm.Get_size())
+    require_parallel_hdf5(comm_size(comm))
     return h5py.File(path, mode)
 
 
@@ -248,10 +248,7 @@ def package_versions() -> str:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    try:
-        from mpi4py import MPI
-
-        versions["mpi"] = MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
-    except Exception:  # noqa: BLE001
-        pass
+    mpi = mpi_library_version()
+    if mpi is not None:
+        versions["mpi"] = mpi
     return json.dumps(versions, sort_keys=True)
