@@ -61,7 +61,6 @@ sampler:
   chains_per_rank: 8
   inner_sweeps: auto      # slmc: inner sweeps (N proposals each) per outer step (auto: measured, see tune)
   inner_block: auto       # slmc + transformer: moves per sub-chain under the fitted linear proposal (0: none)
-  min_acceptance: 0.5     # slmc, auto inner chain: choose among candidates whose outer acceptance reaches this
   thermalization: 50      # outer steps (slmc) or sweeps (exact) before measuring
   measurements: 1000
   measure_every: 1
@@ -128,7 +127,6 @@ class SamplerConfig:
     chains_per_rank: int
     inner_sweeps: int | str
     inner_block: int | str
-    min_acceptance: float
     thermalization: int
     measurements: int
     measure_every: int
@@ -322,7 +320,6 @@ RULES: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "chains_per_rank": _at_least(1),
         "inner_sweeps": _auto_or(_at_least(1), "measured before production"),
         "inner_block": _auto_or(_at_least(0), "measured before production"),
-        "min_acceptance": _bounded(_number, lambda v: 0 <= v < 1, ">= 0 and < 1"),
         "thermalization": _at_least(0),
         "measurements": _at_least(1),
         "measure_every": _at_least(1),

@@ -290,13 +290,7 @@ class Run:
         if "auto" in self.inner:
             rows = []
             sweeps, block, trials = tune_inner_chain(
-                self.evaluator,
-                self.effective,
-                self.state,
-                *self.inner,
-                comm=self.topo.comm,
-                report=rows.append,
-                min_acceptance=self.config.sampler.min_acceptance,
+                self.evaluator, self.effective, self.state, *self.inner, comm=self.topo.comm, report=rows.append
             )
             self.inner = (sweeps, block)
             self.runfile.set_attrs(tune_outer_steps=sum(trial.steps for trial in trials))

@@ -6,10 +6,7 @@ depends on the lattice, the model and the machine, so it is measured: every cand
 outer steps of real SLMC with the frozen H_eff (exact steps, which double as thermalization),
 scored by the expected squared jump distance (ESJD) of Ω/N and ms per outer step, each divided by
 its variance, per wall second. ESJD counts rejected steps as zero jumps, so acceptance and
-decorrelation enter together, as they do in the effective sample size. Only candidates whose
-outer acceptance reaches `sampler.min_acceptance` compete (when any does): eight steps per
-candidate rank long inner chains by few, noisy jumps, and a chain that rejects most proposals
-sticks for long stretches, which the short measurement underrates. The choice is made once,
+decorrelation enter together, as they do in the effective sample size. The choice is made once,
 before production, on rank 0's numbers (broadcast, so every rank takes the same), and frozen.
 """
 
@@ -93,13 +90,11 @@ def tune_inner_chain(
     comm=None,
     steps: int = STEPS_PER_CANDIDATE,
     report=None,
-    min_acceptance: float = 0.0,
 ) -> tuple[int, int, list[Trial]]:
     """The (inner_sweeps, inner_block) with the most ESJD per second; explicit values are kept as given.
 
     Sweeps are chosen first (with sub-chains of N/2 where the nested chain runs), then the
-    sub-chain length for the chosen sweeps. Candidates below `min_acceptance` are passed over
-    unless none reaches it. `report(trial)` is called on every measurement.
+    sub-chain length for the chosen sweeps. `report(trial)` is called on every measurement.
     """
     n_sites = evaluator.model.n_sites
     nested = SLMCSampler(evaluator, effective, 1, 1).mode == "nested"
@@ -123,8 +118,7 @@ def tune_inner_chain(
         variance = np.maximum(sums[3:5] / sums[0] - mean**2, 1e-300)
         for trial in candidates:
             trial.score = float(np.mean(trial.jumps / variance) / trial.seconds_per_step)
-        eligible = [t for t in candidates if t.acceptance >= min_acceptance] or candidates
-        return max(eligible, key=lambda t: t.score)
+        return max(candidates, key=lambda t: t.score)
 
     first = [run(s, block) for s in sweeps_options] if len(sweeps_options) > 1 or inner_block == "auto" else []
     chosen_sweeps = best(first).inner_sweeps if len(sweeps_options) > 1 else sweeps_options[0]
