@@ -165,3 +165,24 @@ def test_self_learning_rounds_collect_every_evaluation_and_resume_exactly(kind):
     for name, value in learner.effective.parameters().items():
         assert np.array_equal(resumed.effective.parameters()[name], value), name
     assert resumed.history["round_acceptance"] == learner.history["round_acceptance"]
+
+
+def test_bootstrap_configurations_give_the_first_fit_only():
+    """Round 0 samples with H_eff = 0 (uniform spins); later fits use only what fitted models proposed."""
+    learner, chains = self_learning("linear")
+    learner.validation_fraction = 0.0
+    learner.run_round(chains)  # no warm-up: the bootstrap round
+    assert len(learner.data) == 6 and learner.data.unfitted == 6
+    assert np.any(learner.effective.parameters()["couplings"])  # its fit used the uniform configurations
+    learner.run_round(chains)
+    assert len(learner.data) == 12 and learner.data.unfitted == 6
+    spins, omega = learner.data.fitted()
+    np.testing.assert_array_equal(spins, learner.data.arrays()[0][6:])
+    reference = make_effective(SimpleNamespace(kind="linear", n_J=2, n_layers=1, n_att=2, load=None), LATTICE)
+    fit_linear(reference, spins, omega)
+    np.testing.assert_allclose(learner.effective.parameters()["couplings"], reference.parameters()["couplings"])
+    # The cut survives a checkpoint, and moves with the oldest samples when max_samples drops them.
+    copy_ = TrainingData(LATTICE.n_sites, max_samples=8)
+    copy_.load_state_dict(unpack_state(pack_state(learner.data.state_dict())))
+    assert len(copy_) == 8 and copy_.unfitted == 2
+    np.testing.assert_array_equal(copy_.fitted()[1], omega)
