@@ -59,11 +59,12 @@ def test_effective_spins_are_equivariant_and_normalised():
     np.testing.assert_allclose(moved, lattice.translate(effective, 1, 2), atol=1e-10)
 
 
-def test_zero_attention_is_the_linear_model():
+def test_zero_attention_and_no_biquadratic_term_is_the_linear_model():
     lattice = Lattice(6, 6)
     transformer = random_model("transformer", lattice, n_J=3, n_layers=2, n_att=6)
     parameters = transformer.parameters()
-    transformer.set_parameters({**parameters, "attention": np.zeros_like(parameters["attention"])})
+    zeros = {name: np.zeros_like(parameters[name]) for name in ("attention", "biquadratic")}
+    transformer.set_parameters({**parameters, **zeros})
     linear = make_effective(config("linear", n_J=3), lattice)
     linear.set_parameters({"e0": parameters["e0"], "couplings": parameters["couplings"]})
     spins = random_spins(np.random.default_rng(5), (4, lattice.n_sites))
@@ -150,3 +151,41 @@ def test_transformer_readout_starts_from_the_linear_fit():
     model = make_effective(config("transformer", n_J=2, n_layers=2, n_att=2), lattice)
     fit_linear(model, spins, truth.energy(spins))  # W^V = 0 at initialisation: the read-out sees S itself
     np.testing.assert_allclose(model.energy(spins), truth.energy(spins), atol=1e-10)
+
+
+def test_biquadratic_readout_is_the_four_spin_shell_sum():
+    """With W^V = 0 the read-out sees the bare spins: E_0 - Σ J_n Σ S·S + Σ K_n Σ (S·S)², pairs once."""
+    lattice = Lattice(4, 6)
+    model = random_model("transformer", lattice, n_J=4, n_layers=1, n_att=2)
+    parameters = model.parameters()
+    parameters["attention"][:, 2] = 0.0  # no values: effective spins are the bare spins
+    model.set_parameters(parameters)
+    spins = random_spins(np.random.default_rng(6), (5, lattice.n_sites))
+    expected = np.full(5, float(parameters["e0"]))
+    for n in range(1, 5):
+        dots = np.einsum("bia,biza->biz", spins, spins[:, lattice.neighbors(n)])
+        expected += 0.5 * (-parameters["couplings"][n - 1] * dots + parameters["biquadratic"][n - 1] * dots**2).sum(
+            axis=(1, 2)
+        )
+    np.testing.assert_allclose(model.energy(spins), expected, rtol=0, atol=1e-10)
+
+
+def test_linear_fit_recovers_known_biquadratic_couplings():
+    lattice = Lattice(6, 6)
+    truth = make_effective(config("transformer", n_J=3, n_layers=1, n_att=2), lattice)
+    parameters = truth.parameters()
+    readout = {"e0": np.array(-4.0), "couplings": np.array([0.6, -0.2, 0.05]), "biquadratic": [0.1, 0.03, -0.02]}
+    truth.set_parameters({**parameters, **readout})
+    spins = random_spins(np.random.default_rng(7), (60, lattice.n_sites))
+    model = make_effective(config("transformer", n_J=3, n_layers=1, n_att=2), lattice)
+    fit_linear(model, spins, truth.energy(spins))
+    np.testing.assert_allclose(model.parameters()["biquadratic"], [0.1, 0.03, -0.02], atol=1e-9)
+    np.testing.assert_allclose(model.parameters()["couplings"], [0.6, -0.2, 0.05], atol=1e-9)
+
+
+def test_a_model_stored_without_biquadratic_terms_reads_as_k_zero():
+    lattice = Lattice(4, 4)
+    model = random_model("transformer", lattice, n_J=2, n_layers=1, n_att=2)
+    older = {name: value for name, value in model.parameters().items() if name != "biquadratic"}
+    model.set_parameters(older)
+    assert np.array_equal(model.parameters()["biquadratic"], np.zeros(2))

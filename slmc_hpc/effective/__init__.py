@@ -92,17 +92,20 @@ def transfer(stored, lattice: Lattice, effective_config, stored_sites: int) -> E
     """A model of the job's architecture on `lattice`, started from `stored` (trained on any lattice).
 
     The parameters are per shell, so they carry over: attention weights as they are, read-out
-    couplings J_n shell by shell (shells the stored model lacks start at 0, extra ones are dropped),
-    and E_0 scaled by the number of sites (`stored_sites` -> N: Ω is extensive). Training refits the read-out exactly on
-    this lattice's data before anything else.
+    couplings J_n (and the transformer's K_n) shell by shell (shells the stored model lacks start
+    at 0, extra ones are dropped), and E_0 scaled by the number of sites (`stored_sites` -> N: Ω is
+    extensive). Training refits the read-out exactly on this lattice's data before anything else.
     """
     model = make_effective(effective_config, lattice)
     carried = {name: value for name, value in stored.parameters().items() if not name.startswith("proposal")}
     parameters = {**model.parameters(), **carried}
-    couplings = np.zeros(model.n_J)
-    old = np.asarray(stored.parameters()["couplings"], dtype=np.float64)
-    couplings[: min(len(old), model.n_J)] = old[: model.n_J]
-    parameters["couplings"] = couplings
+    for name in ("couplings", "biquadratic"):  # per shell: carried shell by shell
+        if name not in parameters:
+            continue
+        values = np.zeros(model.n_J)
+        old = np.asarray(stored.parameters().get(name, values), dtype=np.float64)
+        values[: min(len(old), model.n_J)] = old[: model.n_J]
+        parameters[name] = values
     parameters["e0"] = np.asarray(stored.parameters()["e0"], dtype=np.float64) * lattice.n_sites / stored_sites
     model.set_parameters(parameters)
     return model

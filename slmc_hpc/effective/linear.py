@@ -24,6 +24,16 @@ def heisenberg_features(spins: np.ndarray, neighbor_tables: list[np.ndarray]) ->
     return np.stack(columns, axis=1)
 
 
+def biquadratic_features(spins: np.ndarray, neighbor_tables: list[np.ndarray]) -> np.ndarray:
+    """[B, n_J] regression features [Σ_<ij>_1 (S·S)², ..., Σ_<ij>_nJ (S·S)²] (the transformer's K_n)."""
+    spins = np.asarray(spins, dtype=np.float64)
+    columns = []
+    for table in neighbor_tables:
+        dots = np.einsum("bia,biza->biz", spins, spins[:, table])  # [B, N, Z]: S_i·S_{i+δ}, aliases counted
+        columns.append(0.5 * (dots * dots).sum(axis=(1, 2)))
+    return np.stack(columns, axis=1) if columns else np.zeros((spins.shape[0], 0))
+
+
 class LinearModel:
     """Heisenberg couplings over the shells 1..n_J, plus the constant E_0."""
 
@@ -96,6 +106,11 @@ class LinearModel:
         self._update_tables()
 
     def n_parameters(self) -> int:
+        return 1 + self.n_J
+
+    @property
+    def n_readout(self) -> int:
+        """Columns of `features` (E_0, J_1..J_nJ)."""
         return 1 + self.n_J
 
     def set_readout(self, e0: float, couplings: np.ndarray) -> None:

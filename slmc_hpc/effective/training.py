@@ -26,14 +26,15 @@ PROPOSAL_STREAM = 0x5052
 
 
 def fit_linear(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
-    """Least-squares fit of E_0 and J_n (the read-out, for the transformer) to Ω; returns the global loss.
+    """Least-squares fit of E_0 and J_n (the read-out; for the transformer also K_n) to Ω; returns the global loss.
 
     Features are [1, -Σ_<ij>_1 S·S, ...] of `model.features` (the effective spins of a transformer,
-    which are the bare spins while W^V = 0). The normal equations X^T X c = X^T Ω are summed over
-    ranks, so the fit equals a fit of all data on one rank; `lstsq` gives the minimum-norm solution
-    where small lattices make shells indistinguishable. The loss is the mean of ((Ω - H_eff)/N)².
+    which are the bare spins while W^V = 0, and their biquadratic columns Σ_<ij>_n (S·S)²). The
+    normal equations X^T X c = X^T Ω are summed over ranks, so the fit equals a fit of all data on
+    one rank; `lstsq` gives the minimum-norm solution where small lattices make shells
+    indistinguishable. The loss is the mean of ((Ω - H_eff)/N)².
     """
-    features = model.features(spins) if len(omega) else np.zeros((0, 1 + model.n_J))
+    features = model.features(spins) if len(omega) else np.zeros((0, model.n_readout))
     omega = np.asarray(omega, dtype=np.float64)
     k = features.shape[1]
     packed = np.concatenate([(features.T @ features).ravel(), features.T @ omega])

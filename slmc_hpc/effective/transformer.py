@@ -6,8 +6,17 @@ Layer l maps effective spins S^(l-1) -> S^(l) (S^(0) = S):
     M_ij    = ReLU((1/√3) Σ_μ S^Q_iμ S^K_jμ)                          (global attention)
     S^(l)_i = normalize(S^(l-1)_i + Σ_j M_ij S^V_j)
 
-then the Heisenberg read-out H_eff = E_0 - Σ_n J_n Σ_{<ij>_n} S^(L)_i·S^(L)_j. Only dot products
-of spins enter M and the read-out, so H_eff is O(3) invariant and S^(L) equivariant.
+then the read-out over the distance shells n = 1..n_J, Heisenberg plus biquadratic,
+
+    H_eff = E_0 - Σ_n J_n Σ_{<ij>_n} S^(L)_i·S^(L)_j + Σ_n K_n Σ_{<ij>_n} (S^(L)_i·S^(L)_j)².
+
+Only dot products of spins enter M and the read-out, so H_eff is O(3) invariant and S^(L)
+equivariant. The biquadratic terms are the four-spin part of Ω that a Heisenberg read-out cannot
+express: measured at L = 12, T = 0.05 on 1600 configurations of the chains' distribution, the
+all-shell Heisenberg fit leaves an rms residual of 0.051 in Ω, with K_n on every shell 0.030 (a
+predicted outer acceptance of 0.67 instead of 0.47), and the attention trained on top of the
+Heisenberg read-out had lowered it by about 1%. Both read-outs are linear in (E_0, J, K) and are
+solved exactly by least squares (`fit_linear`).
 
 Speed: the inner SLMC chain calls `energy` once per proposal, so a forward pass is a handful of
 batched matrix products on cached [3N, N] mixing matrices (Σ_n W_n A_n, rebuilt only when the
@@ -66,20 +75,22 @@ class _TransformerModule(torch.nn.Module):
         self.attention = torch.nn.Parameter(attention)
         self.e0 = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
         self.couplings = torch.nn.Parameter(torch.zeros(n_J, dtype=torch.float64))
+        self.biquadratic = torch.nn.Parameter(torch.zeros(n_J, dtype=torch.float64))
         # The 1/√3 of M is folded into the query weights, which saves one pass over [B, N, N].
         self.register_buffer("qkv_scale", torch.tensor([1.0 / math.sqrt(3.0), 1.0, 1.0], dtype=torch.float64))
 
     def matrices(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per layer the stacked [3N, N] mixing matrix (Q/√3; K; V), and the read-out matrix ½ Σ_n J_n A_n."""
+        """Per layer the stacked [3N, N] mixing matrix (Q/√3; K; V), and the read-out matrices [2, N, N]:
+        ½ Σ_n J_n A_n and ½ Σ_n K_n A_n."""
         n = self.n_sites
         mixers = [
             torch.einsum("an,nij->aij", w * self.qkv_scale[:, None], self.attention_adjacency).reshape(3 * n, n)
             for w in self.attention
         ]
         rows, columns, shell = self.readout_pairs
-        readout = torch.zeros(n, n, dtype=self.couplings.dtype).index_put(
-            (rows, columns), 0.5 * self.couplings[shell], accumulate=True
-        )
+        readout = torch.zeros(2, n, n, dtype=self.couplings.dtype)
+        for k, weights in enumerate((self.couplings, self.biquadratic)):
+            readout[k] = readout[k].index_put((rows, columns), 0.5 * weights[shell], accumulate=True)
         return mixers, readout
 
     def effective_spins(self, spins: torch.Tensor, mixers: list[torch.Tensor]) -> torch.Tensor:
@@ -95,9 +106,14 @@ class _TransformerModule(torch.nn.Module):
     def energy(self, spins: torch.Tensor, mixers: list[torch.Tensor], readout: torch.Tensor) -> torch.Tensor:
         spins = self.effective_spins(spins, mixers)
         batch = spins.shape[0]
-        field = torch.bmm(readout.expand(batch, -1, -1), spins)  # [B, N, 3]
+        heisenberg, biquadratic = readout[0], readout[1]
+        field = torch.bmm(heisenberg.expand(batch, -1, -1), spins)  # [B, N, 3]
         pair_sum = torch.bmm(spins.reshape(batch, 1, -1), field.reshape(batch, -1, 1)).reshape(batch)
-        return self.e0 - pair_sum
+        dots = torch.bmm(spins, spins.transpose(1, 2))  # [B, N, N]: S_i·S_j
+        # An elementwise product and a per-row reduction: a matrix-vector product here would not give
+        # the same bits for every batch size (BLAS takes another path for a batch of one).
+        quad_sum = (dots * dots * biquadratic).sum(dim=(1, 2))
+        return self.e0 - pair_sum + quad_sum
 
     def forward(self, spins: torch.Tensor) -> torch.Tensor:
         mixers, readout = self.matrices()
@@ -180,17 +196,19 @@ class TransformerModel:
 
     def features(self, spins: np.ndarray) -> np.ndarray:
         """Linear-regression features of the read-out on the effective spins (for fit_linear)."""
-        from slmc_hpc.effective.linear import heisenberg_features
+        from slmc_hpc.effective.linear import biquadratic_features, heisenberg_features
 
         tables = [self.lattice.neighbors(n) for n in range(1, self.n_J + 1)]
-        return heisenberg_features(self.effective_spins(spins), tables)
+        effective = self.effective_spins(spins)
+        return np.concatenate([heisenberg_features(effective, tables), biquadratic_features(effective, tables)], axis=1)
 
     # -- parameters -----------------------------------------------------------------------------
-    #: Trained by gradient steps (`Trainer`); the linear read-out e0, couplings is solved exactly (`fit_linear`).
+    #: Trained by gradient steps (`Trainer`); the read-out e0, couplings, biquadratic is solved exactly (`fit_linear`).
     GRADIENT_PARAMETERS = ("attention",)
 
-    #: Stored with the parameters once `fit_proposal` ran (checkpoint, /model), optional when reading.
-    OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings")
+    #: Optional when reading: the proposal is stored once `fit_proposal` ran (checkpoint, /model), and
+    #: models written before the biquadratic read-out existed have none (K = 0 is their H_eff).
+    OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings", "biquadratic")
 
     def parameters(self) -> dict[str, np.ndarray]:
         """The network's parameters, plus the fitted proposal model's as `proposal_e0`, `proposal_couplings`."""
@@ -203,7 +221,8 @@ class TransformerModel:
         """Every network parameter must be given; the proposal only if present (and made for this lattice)."""
         with torch.no_grad():
             for name, p in self.module.named_parameters():
-                p.copy_(torch.as_tensor(np.asarray(parameters[name], dtype=np.float64)).reshape(p.shape))
+                value = parameters[name] if name in parameters or name != "biquadratic" else np.zeros(p.shape)
+                p.copy_(torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(p.shape))
         if "proposal_couplings" in parameters:
             from slmc_hpc.effective.linear import LinearModel
 
@@ -218,9 +237,22 @@ class TransformerModel:
         """Parameters of H_eff (the network); the proposal model is a sampling aid, not counted."""
         return sum(p.numel() for p in self.module.parameters())
 
-    def set_readout(self, e0: float, couplings: np.ndarray) -> None:
-        """Start the read-out from a linear fit (fit_linear)."""
-        self.set_parameters({**self.parameters(), "e0": np.array(e0), "couplings": np.asarray(couplings)})
+    @property
+    def n_readout(self) -> int:
+        """Columns of `features` (E_0, J_1..J_nJ, K_1..K_nJ)."""
+        return 1 + 2 * self.n_J
+
+    def set_readout(self, e0: float, coefficients: np.ndarray) -> None:
+        """The read-out from a linear fit (fit_linear): coefficients [J_1..J_nJ, K_1..K_nJ] of `features`."""
+        coefficients = np.asarray(coefficients, dtype=np.float64)
+        self.set_parameters(
+            {
+                **self.parameters(),
+                "e0": np.array(e0),
+                "couplings": coefficients[: self.n_J],
+                "biquadratic": coefficients[self.n_J : 2 * self.n_J],
+            }
+        )
 
     def torch_module(self) -> torch.nn.Module:
         """The live network (training updates this model in place)."""
