@@ -108,10 +108,10 @@ class _TransformerModule(torch.nn.Module):
         batch = spins.shape[0]
         heisenberg, biquadratic = readout[0], readout[1]
         field = torch.bmm(heisenberg.expand(batch, -1, -1), spins)  # [B, N, 3]
-        pair_sum = torch.bmm(spins.reshape(batch, 1, -1), field.reshape(batch, -1, 1)).reshape(batch)
         dots = torch.bmm(spins, spins.transpose(1, 2))  # [B, N, N]: S_i·S_j
-        # An elementwise product and a per-row reduction: a matrix-vector product here would not give
-        # the same bits for every batch size (BLAS takes another path for a batch of one).
+        # Elementwise products and per-row reductions: a batched matrix-vector product here does not give
+        # the same bits for every batch size (measured from L = 12 on: BLAS blocks a batch of one otherwise).
+        pair_sum = (spins * field).sum(dim=(1, 2))
         quad_sum = (dots * dots * biquadratic).sum(dim=(1, 2))
         return self.e0 - pair_sum + quad_sum
 
