@@ -190,3 +190,22 @@ def test_a_model_stored_without_biquadratic_terms_reads_as_k_zero():
     older = {name: value for name, value in model.parameters().items() if name != "biquadratic"}
     model.set_parameters(older)
     assert np.array_equal(model.parameters()["biquadratic"], np.zeros(2))
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (3, 4), (6, 6)])
+def test_biquadratic_linear_model_delta_energy_matches_full_evaluation(shape):
+    """The proposal model of the nested chain: ΔH of one move, with shells that alias onto the site itself."""
+    from slmc_hpc.effective.linear import LinearModel
+
+    lattice = Lattice(*shape)
+    model = LinearModel(lattice, lattice.n_distance_shells, biquadratic=True)
+    rng = np.random.default_rng(8)
+    model.set_readout(0.7, rng.normal(size=model.n_readout - 1))
+    spins = random_spins(rng, (6, lattice.n_sites))
+    sites, new_spins = rng.integers(0, lattice.n_sites, 6), random_spins(rng, (6,))
+    after = spins.copy()
+    after[np.arange(6), sites] = new_spins
+    expected = model.energy(after) - model.energy(spins)
+    np.testing.assert_allclose(model.delta_energy(spins, sites, new_spins), expected, rtol=0, atol=1e-10)
+    stored = model.parameters()
+    assert set(stored) == {"e0", "couplings", "biquadratic"} and model.n_parameters() == 1 + 2 * model.n_J

@@ -110,13 +110,15 @@ def test_exact_mc_same_histories_on_one_and_two_ranks(tmp_path):
     assert np.array_equal(a, b), "chain histories differ between 1 and 2 ranks"
 
 
-def test_compiled_linear_chain_equals_the_plain_chain():
+@pytest.mark.parametrize("biquadratic", [False, True])
+def test_compiled_linear_chain_equals_the_plain_chain(biquadratic):
     """The linear model's compiled chain makes the same moves as the per-proposal numpy chain."""
     from slmc_hpc.effective.linear import LinearModel
 
     model = DoubleExchange(lx=6, ly=6, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.05)
-    linear = LinearModel(model.lattice, n_J=model.lattice.n_distance_shells)  # aliases onto the site itself
-    linear.set_readout(0.3, np.random.default_rng(1).normal(size=linear.n_J) * 0.05)
+    # All shells: some alias onto the site itself; with biquadratic terms, the transformer's proposal model.
+    linear = LinearModel(model.lattice, n_J=model.lattice.n_distance_shells, biquadratic=biquadratic)
+    linear.set_readout(0.3, np.random.default_rng(1).normal(size=linear.n_readout - 1) * 0.05)
     sampler = SLMCSampler(make_evaluator("dense", model), linear, inner_sweeps=2)
     assert sampler.mode == "compiled"
     state = init_chains(sampler.evaluator, seed=3, chains=range(5))

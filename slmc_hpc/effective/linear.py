@@ -35,11 +35,15 @@ def biquadratic_features(spins: np.ndarray, neighbor_tables: list[np.ndarray]) -
 
 
 class LinearModel:
-    """Heisenberg couplings over the shells 1..n_J, plus the constant E_0."""
+    """Heisenberg couplings over the shells 1..n_J, plus the constant E_0.
+
+    With `biquadratic=True` also K_n Σ_<ij>_n (S_i·S_j)² per shell: the transformer's proposal model,
+    so that the nested inner chain moves under the same kind of read-out it is corrected with.
+    """
 
     kind = "linear"
 
-    def __init__(self, lattice: Lattice, n_J: int):
+    def __init__(self, lattice: Lattice, n_J: int, biquadratic: bool = False):
         if n_J < 1:
             raise ValueError(f"n_J must be >= 1, got {n_J}")
         self.lattice, self.n_J, self.n_sites = lattice, n_J, lattice.n_sites
@@ -53,19 +57,29 @@ class LinearModel:
         )
         self.e0 = 0.0
         self.couplings = np.zeros(n_J)
+        self.biquadratic = np.zeros(n_J) if biquadratic else None
         self._update_tables()
 
     def _update_tables(self) -> None:
         self._column_weights = self.couplings[self._shell_of_column]
         self._self_weights = self.couplings @ self._self_counts  # [N]: Σ_n J_n A_n[i, i]
+        # K per column; a column that aliases to the site itself adds (S_k·S_k)² = 1, a constant (the kernel skips it).
+        quad = self.biquadratic if self.biquadratic is not None else np.zeros(self.n_J)
+        self._column_quad = np.ascontiguousarray(quad[self._shell_of_column])
 
     # -- protocol -------------------------------------------------------------------------------
     def features(self, spins: np.ndarray) -> np.ndarray:
-        return heisenberg_features(spins, self.neighbor_tables)
+        columns = heisenberg_features(spins, self.neighbor_tables)
+        if self.biquadratic is None:
+            return columns
+        return np.concatenate([columns, biquadratic_features(spins, self.neighbor_tables)], axis=1)
 
     def energy(self, spins: np.ndarray) -> np.ndarray:
         features = self.features(spins)
-        return self.e0 + (features[:, 1:] * self.couplings).sum(axis=1)
+        energy = self.e0 + (features[:, 1 : 1 + self.n_J] * self.couplings).sum(axis=1)
+        if self.biquadratic is not None:
+            energy = energy + (features[:, 1 + self.n_J :] * self.biquadratic).sum(axis=1)
+        return energy
 
     def delta_energy(
         self, spins: np.ndarray, sites: np.ndarray, new_spins: np.ndarray, energy: np.ndarray | None = None
@@ -80,11 +94,18 @@ class LinearModel:
         step = np.asarray(new_spins, dtype=np.float64) - old
         neighbours = spins[rows[:, None], self._all_neighbors[sites]]  # [B, Z, 3]
         field = (neighbours * self._column_weights[:, None]).sum(axis=1)
-        return -((step * field).sum(axis=1) + 0.5 * self._self_weights[sites] * (step * step).sum(axis=1))
+        delta = -((step * field).sum(axis=1) + 0.5 * self._self_weights[sites] * (step * step).sum(axis=1))
+        if self.biquadratic is not None:
+            new = np.asarray(new_spins, dtype=np.float64)
+            others = self._all_neighbors[sites] != sites[:, None]  # [B, Z]: aliases of k itself are constant
+            after = np.einsum("bza,ba->bz", neighbours, new) ** 2
+            before = np.einsum("bza,ba->bz", neighbours, old) ** 2
+            delta = delta + (others * self._column_quad * (after - before)).sum(axis=1)
+        return delta
 
-    def field_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(neighbours [N, Z], column weights J_n [Z], self weights c_k [N]): the local field of ΔH."""
-        return self._all_neighbors, self._column_weights, self._self_weights
+    def field_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(neighbours [N, Z], column weights J_n [Z], self weights c_k [N], column K_n [Z]): the local ΔH."""
+        return self._all_neighbors, self._column_weights, self._self_weights, self._column_quad
 
     def metropolis_chain(
         self, spins: np.ndarray, sites, dirs, uniforms, temperature: float, start: int = 0, stop: int | None = None
@@ -98,28 +119,40 @@ class LinearModel:
         return heisenberg_metropolis(spins, sites, dirs, uniforms, self.field_tables(), temperature, start, stop)
 
     def parameters(self) -> dict[str, np.ndarray]:
-        return {"e0": np.array(self.e0), "couplings": self.couplings.copy()}
+        parameters = {"e0": np.array(self.e0), "couplings": self.couplings.copy()}
+        if self.biquadratic is not None:
+            parameters["biquadratic"] = self.biquadratic.copy()
+        return parameters
 
     def set_parameters(self, parameters: dict[str, np.ndarray]) -> None:
         couplings = np.asarray(parameters["couplings"], dtype=np.float64).reshape(self.n_J)
         self.e0, self.couplings = float(np.asarray(parameters["e0"])), couplings.copy()
+        if self.biquadratic is not None:
+            quad = parameters.get("biquadratic", np.zeros(self.n_J))
+            self.biquadratic = np.asarray(quad, dtype=np.float64).reshape(self.n_J).copy()
         self._update_tables()
 
     def n_parameters(self) -> int:
-        return 1 + self.n_J
+        return self.n_readout
 
     @property
     def n_readout(self) -> int:
-        """Columns of `features` (E_0, J_1..J_nJ)."""
-        return 1 + self.n_J
+        """Columns of `features` (E_0, J_1..J_nJ, and K_1..K_nJ where biquadratic)."""
+        return 1 + self.n_J * (1 if self.biquadratic is None else 2)
 
-    def set_readout(self, e0: float, couplings: np.ndarray) -> None:
-        """The result of a linear fit (fit_linear)."""
-        self.set_parameters({"e0": e0, "couplings": couplings})
+    def set_readout(self, e0: float, coefficients: np.ndarray) -> None:
+        """The result of a linear fit (fit_linear): [J_1..J_nJ] or [J..., K...] (biquadratic)."""
+        coefficients = np.asarray(coefficients, dtype=np.float64)
+        parameters = {"e0": e0, "couplings": coefficients[: self.n_J]}
+        if self.biquadratic is not None:
+            parameters["biquadratic"] = coefficients[self.n_J : 2 * self.n_J]
+        self.set_parameters(parameters)
 
     # -- training (the Trainer works on any model with a torch module) ---------------------------
     def torch_module(self) -> torch.nn.Module:
         """A differentiable copy (parameters named as in `parameters()`); the trainer copies results back."""
+        if self.biquadratic is not None:
+            raise NotImplementedError("the biquadratic linear model is fitted by least squares only")
         return _LinearModule(self)
 
 

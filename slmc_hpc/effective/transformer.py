@@ -139,7 +139,7 @@ class TransformerModel:
         #: An untrained model is H_eff = 0, which the zero proposal matches exactly.
         from slmc_hpc.effective.linear import LinearModel
 
-        self.proposal = LinearModel(lattice, lattice.n_distance_shells)
+        self.proposal = LinearModel(lattice, lattice.n_distance_shells, biquadratic=True)
 
     # -- inference ------------------------------------------------------------------------------
     def _inference_matrices(self) -> tuple:
@@ -183,7 +183,7 @@ class TransformerModel:
         from slmc_hpc.effective.linear import LinearModel
         from slmc_hpc.effective.training import fit_linear
 
-        proposal = LinearModel(self.lattice, self.lattice.n_distance_shells)
+        proposal = LinearModel(self.lattice, self.lattice.n_distance_shells, biquadratic=True)
         loss = fit_linear(proposal, spins, self.energy_chunked(spins), comm=comm)
         self.proposal = proposal
         return loss
@@ -208,7 +208,7 @@ class TransformerModel:
 
     #: Optional when reading: the proposal is stored once `fit_proposal` ran (checkpoint, /model), and
     #: models written before the biquadratic read-out existed have none (K = 0 is their H_eff).
-    OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings", "biquadratic")
+    OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings", "proposal_biquadratic", "biquadratic")
 
     def parameters(self) -> dict[str, np.ndarray]:
         """The network's parameters, plus the fitted proposal model's as `proposal_e0`, `proposal_couplings`."""
@@ -228,8 +228,11 @@ class TransformerModel:
 
             couplings = np.asarray(parameters["proposal_couplings"], dtype=np.float64)
             if couplings.shape == (self.lattice.n_distance_shells,):
-                self.proposal = LinearModel(self.lattice, self.lattice.n_distance_shells)
-                self.proposal.set_parameters({"e0": parameters["proposal_e0"], "couplings": couplings})
+                self.proposal = LinearModel(self.lattice, self.lattice.n_distance_shells, biquadratic=True)
+                quad = parameters.get("proposal_biquadratic", np.zeros_like(couplings))  # older files: K = 0
+                self.proposal.set_parameters(
+                    {"e0": parameters["proposal_e0"], "couplings": couplings, "biquadratic": quad}
+                )
             else:  # fitted on another lattice (effective.load): refit or run without it
                 self.proposal = None
 

@@ -7,8 +7,9 @@ per exact diagonalisation. Each chain runs on its own rows in a fixed order, so 
 depend on the other chains of the batch (chain histories stay independent of the number of ranks).
 
 The arithmetic is that of `LinearModel.delta_energy`:
-ΔH = -[(s' - s)·h_k + ½ c_k |s' - s|²],  h_k = Σ_z w_z S_{nbr[k, z]},  c_k = self weight of k,
-and a move is accepted when u < exp(min(-ΔH/T, 0)), as in `samplers.chains.metropolis`.
+ΔH = -[(s' - s)·h_k + ½ c_k |s' - s|²] + Σ_{z: j != k} K_z [(s'·S_j)² - (s·S_j)²],  j = nbr[k, z],
+with h_k = Σ_z w_z S_{nbr[k, z]} and c_k the self weight of k (the K_z sum only for the biquadratic
+model); a move is accepted when u < exp(min(-ΔH/T, 0)), as in `samplers.chains.metropolis`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def _heisenberg_metropolis(spins, sites, dirs, uniforms, neighbors, weights, self_weights, temperature, start, stop):
+def _heisenberg_metropolis(
+    spins, sites, dirs, uniforms, neighbors, weights, self_weights, quad_weights, has_quad, temperature, start, stop
+):
     batch, n_columns = spins.shape[0], neighbors.shape[1]
     accepted = np.zeros(batch)
     delta = np.zeros(batch)
@@ -32,16 +35,27 @@ def _heisenberg_metropolis(spins, sites, dirs, uniforms, neighbors, weights, sel
             f0 = 0.0
             f1 = 0.0
             f2 = 0.0
+            quad = 0.0
             for z in range(n_columns):
                 j = neighbors[i, z]
                 w = weights[z]
                 f0 += w * spins[b, j, 0]
                 f1 += w * spins[b, j, 1]
                 f2 += w * spins[b, j, 2]
+                if has_quad and j != i:
+                    after = (
+                        dirs[b, k, 0] * spins[b, j, 0] + dirs[b, k, 1] * spins[b, j, 1] + dirs[b, k, 2] * spins[b, j, 2]
+                    )
+                    before = (
+                        spins[b, i, 0] * spins[b, j, 0]
+                        + spins[b, i, 1] * spins[b, j, 1]
+                        + spins[b, i, 2] * spins[b, j, 2]
+                    )
+                    quad += quad_weights[z] * (after * after - before * before)
             d0 = dirs[b, k, 0] - spins[b, i, 0]
             d1 = dirs[b, k, 1] - spins[b, i, 1]
             d2 = dirs[b, k, 2] - spins[b, i, 2]
-            dh = -((d0 * f0 + d1 * f1 + d2 * f2) + 0.5 * self_weights[i] * (d0 * d0 + d1 * d1 + d2 * d2))
+            dh = -((d0 * f0 + d1 * f1 + d2 * f2) + 0.5 * self_weights[i] * (d0 * d0 + d1 * d1 + d2 * d2)) + quad
             log_ratio = min(-dh / temperature, 0.0)
             if uniforms[b, k] < math.exp(log_ratio):
                 spins[b, i, 0] = dirs[b, k, 0]
@@ -59,20 +73,34 @@ def heisenberg_metropolis(
     sites: np.ndarray,
     dirs: np.ndarray,
     uniforms: np.ndarray,
-    tables: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tables: tuple[np.ndarray, ...],
     temperature: float,
     start: int = 0,
     stop: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Moves `start:stop` of every chain, in place on `spins` [B, N, 3] (C-contiguous float64).
 
-    `tables` = (neighbors [N, Z] int64, weights [Z], self_weights [N]) of `LinearModel.field_tables`.
+    `tables` = (neighbors [N, Z] int64, weights [Z], self_weights [N], biquadratic K per column [Z]) of
+    `LinearModel.field_tables` (without the last, or with all K zero, the plain Heisenberg chain).
     Returns (ΔH summed over the accepted moves [B], number of accepted moves [B]).
     """
     if not (spins.flags.c_contiguous and spins.dtype == np.float64):
         raise ValueError("spins must be a C-contiguous float64 array (updated in place)")
     stop = sites.shape[1] if stop is None else stop
-    neighbors, weights, self_weights = tables
+    neighbors, weights, self_weights = tables[:3]
+    quad_weights = tables[3] if len(tables) > 3 else np.zeros_like(weights)
+    has_quad = bool(np.any(quad_weights))
     return _heisenberg_metropolis(
-        spins, sites, dirs, uniforms, neighbors, weights, self_weights, float(temperature), int(start), int(stop)
+        spins,
+        sites,
+        dirs,
+        uniforms,
+        neighbors,
+        weights,
+        self_weights,
+        quad_weights,
+        has_quad,
+        float(temperature),
+        int(start),
+        int(stop),
     )
