@@ -211,7 +211,7 @@ class TransformerModel:
     OPTIONAL_PARAMETERS = ("proposal_e0", "proposal_couplings", "proposal_biquadratic", "biquadratic")
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """The network's parameters, plus the fitted proposal model's as `proposal_e0`, `proposal_couplings`."""
+        """The network's parameters, plus the fitted proposal model's as `proposal_<name>`."""
         parameters = {name: p.detach().numpy().copy() for name, p in self.module.named_parameters()}
         if self.proposal is not None:
             parameters.update({f"proposal_{name}": value for name, value in self.proposal.parameters().items()})
