@@ -14,24 +14,22 @@ import torch
 from slmc_hpc.lattice import Lattice
 
 
-def heisenberg_features(spins: np.ndarray, neighbor_tables: list[np.ndarray]) -> np.ndarray:
-    """[B, 1 + n_J] regression features [1, -Σ_<ij>_1 S·S, ..., -Σ_<ij>_nJ S·S] (H_eff = features @ [E_0, J])."""
-    spins = np.asarray(spins, dtype=np.float64)
-    columns = [np.ones(spins.shape[0])]
-    for table in neighbor_tables:
-        field = spins[:, table].sum(axis=2)  # [B, N, 3]: Σ_δ S_{i+δ}, aliases counted
-        columns.append(-0.5 * (spins * field).sum(axis=(1, 2)))
-    return np.stack(columns, axis=1)
+def shell_features(spins: np.ndarray, neighbor_tables: list[np.ndarray], biquadratic: bool = False) -> np.ndarray:
+    """Regression features [1, -Σ_<ij>_1 S·S, ..., -Σ_<ij>_nJ S·S] (H_eff = features @ [E_0, J]), [B, 1 + n_J];
+    with `biquadratic` also [Σ_<ij>_1 (S·S)², ..., Σ_<ij>_nJ (S·S)²] after them (K_n), [B, 1 + 2 n_J].
 
-
-def biquadratic_features(spins: np.ndarray, neighbor_tables: list[np.ndarray]) -> np.ndarray:
-    """[B, n_J] regression features [Σ_<ij>_1 (S·S)², ..., Σ_<ij>_nJ (S·S)²] (the transformer's K_n)."""
+    Each shell's neighbour spins are gathered once for both kinds of column.
+    """
     spins = np.asarray(spins, dtype=np.float64)
-    columns = []
+    heisenberg, quadratic = [np.ones(spins.shape[0])], []
     for table in neighbor_tables:
-        dots = np.einsum("bia,biza->biz", spins, spins[:, table])  # [B, N, Z]: S_i·S_{i+δ}, aliases counted
-        columns.append(0.5 * (dots * dots).sum(axis=(1, 2)))
-    return np.stack(columns, axis=1) if columns else np.zeros((spins.shape[0], 0))
+        neighbours = spins[:, table]  # [B, N, Z, 3], aliases counted
+        field = neighbours.sum(axis=2)  # [B, N, 3]: Σ_δ S_{i+δ}
+        heisenberg.append(-0.5 * (spins * field).sum(axis=(1, 2)))
+        if biquadratic:
+            dots = np.einsum("bia,biza->biz", spins, neighbours)  # [B, N, Z]: S_i·S_{i+δ}
+            quadratic.append(0.5 * (dots * dots).sum(axis=(1, 2)))
+    return np.stack(heisenberg + quadratic, axis=1)
 
 
 class LinearModel:
@@ -69,10 +67,7 @@ class LinearModel:
 
     # -- protocol -------------------------------------------------------------------------------
     def features(self, spins: np.ndarray) -> np.ndarray:
-        columns = heisenberg_features(spins, self.neighbor_tables)
-        if self.biquadratic is None:
-            return columns
-        return np.concatenate([columns, biquadratic_features(spins, self.neighbor_tables)], axis=1)
+        return shell_features(spins, self.neighbor_tables, biquadratic=self.biquadratic is not None)
 
     def energy(self, spins: np.ndarray) -> np.ndarray:
         features = self.features(spins)

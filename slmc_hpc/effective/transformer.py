@@ -196,11 +196,10 @@ class TransformerModel:
 
     def features(self, spins: np.ndarray) -> np.ndarray:
         """Linear-regression features of the read-out on the effective spins (for fit_linear)."""
-        from slmc_hpc.effective.linear import biquadratic_features, heisenberg_features
+        from slmc_hpc.effective.linear import shell_features
 
         tables = [self.lattice.neighbors(n) for n in range(1, self.n_J + 1)]
-        effective = self.effective_spins(spins)
-        return np.concatenate([heisenberg_features(effective, tables), biquadratic_features(effective, tables)], axis=1)
+        return shell_features(self.effective_spins(spins), tables, biquadratic=True)
 
     # -- parameters -----------------------------------------------------------------------------
     #: Trained by gradient steps (`Trainer`); the read-out e0, couplings, biquadratic is solved exactly (`fit_linear`).
@@ -221,7 +220,7 @@ class TransformerModel:
         """Every network parameter must be given; the proposal only if present (and made for this lattice)."""
         with torch.no_grad():
             for name, p in self.module.named_parameters():
-                value = parameters[name] if name in parameters or name != "biquadratic" else np.zeros(p.shape)
+                value = parameters.get(name, np.zeros(p.shape)) if name == "biquadratic" else parameters[name]
                 p.copy_(torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(p.shape))
         if "proposal_couplings" in parameters:
             from slmc_hpc.effective.linear import LinearModel

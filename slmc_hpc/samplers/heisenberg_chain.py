@@ -73,7 +73,7 @@ def heisenberg_metropolis(
     sites: np.ndarray,
     dirs: np.ndarray,
     uniforms: np.ndarray,
-    tables: tuple[np.ndarray, ...],
+    tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     temperature: float,
     start: int = 0,
     stop: int | None = None,
@@ -81,14 +81,13 @@ def heisenberg_metropolis(
     """Moves `start:stop` of every chain, in place on `spins` [B, N, 3] (C-contiguous float64).
 
     `tables` = (neighbors [N, Z] int64, weights [Z], self_weights [N], biquadratic K per column [Z]) of
-    `LinearModel.field_tables` (without the last, or with all K zero, the plain Heisenberg chain).
+    `LinearModel.field_tables` (with all K zero, the plain Heisenberg chain).
     Returns (ΔH summed over the accepted moves [B], number of accepted moves [B]).
     """
     if not (spins.flags.c_contiguous and spins.dtype == np.float64):
         raise ValueError("spins must be a C-contiguous float64 array (updated in place)")
     stop = sites.shape[1] if stop is None else stop
-    neighbors, weights, self_weights = tables[:3]
-    quad_weights = tables[3] if len(tables) > 3 else np.zeros_like(weights)
+    neighbors, weights, self_weights, quad_weights = tables
     has_quad = bool(np.any(quad_weights))
     return _heisenberg_metropolis(
         spins,
