@@ -56,6 +56,7 @@ training:
   validation_fraction: 0.2  # of the exactly evaluated configurations, held out (never trained on)
   validate_every: 10      # optimizer steps between validation losses
   patience: 4             # validations without improvement that end a round
+  precision: float32      # gradient passes: float32 (faster) or float64; H_eff itself is always float64
 sampler:
   kind: slmc              # exact | slmc
   chains_per_rank: 8
@@ -119,6 +120,7 @@ class TrainingConfig:
     validation_fraction: float
     validate_every: int
     patience: int
+    precision: str
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,7 @@ RULES: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "validation_fraction": _bounded(_number, lambda v: 0 <= v < 1, ">= 0 and < 1"),
         "validate_every": _at_least(1),
         "patience": _at_least(1),
+        "precision": _choice("float32", "float64"),
     },
     "sampler": {
         "kind": _choice(*SAMPLER_KINDS),

@@ -185,6 +185,7 @@ BAD = [
     ({"training": {"lr": 0}}, "training.lr", ["> 0", "got 0"]),
     ({"training": {"weight_decay": -1e-4}}, "training.weight_decay", [">= 0", "got -0.0001"]),
     ({"training": {"max_samples": 0}}, "training.max_samples", [">= 1", "got 0"]),
+    ({"training": {"precision": "float16"}}, "training.precision", ["float32 | float64", "'float16'"]),
     ({"sampler": {"kind": "hmc"}}, "sampler.kind", ["exact | slmc", "'hmc'"]),
     ({"sampler": {"chains_per_rank": 0}}, "sampler.chains_per_rank", [">= 1", "got 0"]),
     ({"sampler": {"inner_sweeps": 0}}, "sampler.inner_sweeps", [">= 1", "got 0"]),

@@ -186,3 +186,60 @@ def test_bootstrap_configurations_give_the_first_fit_only():
     copy_.load_state_dict(unpack_state(pack_state(learner.data.state_dict())))
     assert len(copy_) == 8 and copy_.unfitted == 2
     np.testing.assert_array_equal(copy_.fitted()[1], omega)
+
+
+def test_feature_cache_equals_fresh_features_through_appends_drops_cuts_and_training():
+    """Only new rows go through the network, yet every returned row is the fresh features' bits."""
+    from slmc_hpc.effective.training import FeatureCache
+
+    rng = np.random.default_rng(11)
+    model = transformer()
+    data = TrainingData(LATTICE.n_sites, max_samples=10)
+    cache = FeatureCache(data, model)
+    computed = []
+    featurize = model.features
+    model.features = lambda spins: computed.append(len(spins)) or featurize(spins)
+
+    def check():
+        spins, omega, features = cache.fitted()
+        np.testing.assert_array_equal(spins, data.fitted()[0])
+        assert np.array_equal(features, featurize(spins))
+
+    for rows in (4, 3):
+        data.append(random_spins(rng, (rows, LATTICE.n_sites)), rng.normal(size=rows))
+        check()
+    assert computed == [4, 3]
+    data.unfitted = 2  # the bootstrap cut: the oldest rows leave the fit, nothing is recomputed
+    check()
+    data.append(random_spins(rng, (5, LATTICE.n_sites)), rng.normal(size=5))  # 12 > 10: two rows dropped
+    check()
+    assert computed == [4, 3, 5]
+    parameters = model.parameters()
+    model.set_parameters({**parameters, "e0": np.array(3.0), "couplings": np.array([0.1, 0.2])})  # read-out only
+    check()
+    assert computed == [4, 3, 5]
+    model.set_parameters({**parameters, "attention": parameters["attention"] + 0.01})  # a new feature map
+    check()
+    assert computed == [4, 3, 5, len(data.fitted()[1])]
+    data.load_state_dict(data.state_dict())  # reloaded rows are new rows
+    check()
+    assert computed[-1] == len(data.fitted()[1])
+
+
+def test_float32_gradients_match_float64_and_parameters_stay_float64():
+    """Mixed precision: the float32 copy's gradient is the float64 gradient to float32 accuracy, and the
+    model's parameters (the H_eff of every acceptance test) stay float64."""
+    spins, omega = target_data()
+    exact, mixed = transformer(), transformer()
+    fit_linear(exact, spins, omega)
+    mixed.set_parameters(exact.parameters())
+    loss64, gradient64 = Trainer(exact, TRAINING, LATTICE.n_sites).gradient(spins, omega)
+    settings = SimpleNamespace(**{**vars(TRAINING), "batch_size": 40}, precision="float32")
+    trainer = Trainer(mixed, settings, LATTICE.n_sites)
+    loss32, gradient32 = trainer.gradient(spins, omega)
+    assert loss32 == pytest.approx(loss64, rel=1e-4)
+    np.testing.assert_allclose(gradient32["attention"], gradient64["attention"], rtol=1e-3, atol=1e-6)
+    losses = trainer.train(spins, omega, 150)  # as test_training_lowers_the_loss_below_the_linear_fit
+    assert losses[-1] < 0.5 * loss64
+    assert all(p.dtype == torch.float64 for p in mixed.torch_module().parameters())
+    assert mixed.energy(spins).dtype == np.float64

@@ -137,9 +137,7 @@ class TransformerModel:
         #: Linear model over every distance shell, fitted to this H_eff (`fit_proposal`): the cheap
         #: proposal of the nested inner chain (`SLMCSampler(inner_block > 0)`). Not part of H_eff.
         #: An untrained model is H_eff = 0, which the zero proposal matches exactly.
-        from slmc_hpc.effective.linear import LinearModel
-
-        self.proposal = LinearModel(lattice, lattice.n_distance_shells, biquadratic=True)
+        self.proposal = self.new_proposal()
 
     # -- inference ------------------------------------------------------------------------------
     def _inference_matrices(self) -> tuple:
@@ -172,19 +170,28 @@ class TransformerModel:
             return np.zeros(0)
         return np.concatenate([self.energy(spins[k : k + CHUNK]) for k in range(0, len(spins), CHUNK)])
 
-    def fit_proposal(self, spins: np.ndarray, comm=None) -> float:
+    def new_proposal(self):
+        """An unfitted proposal model for this lattice: Heisenberg and biquadratic terms over every distance shell."""
+        from slmc_hpc.effective.linear import LinearModel
+
+        return LinearModel(self.lattice, self.lattice.n_distance_shells, biquadratic=True)
+
+    def fit_proposal(
+        self, spins: np.ndarray, comm=None, energy: np.ndarray | None = None, features: np.ndarray | None = None
+    ) -> float:
         """Fit the proposal model (Heisenberg couplings over all distance shells) to this H_eff on `spins`.
 
         The nested inner chain moves under the proposal and corrects every sub-chain with H_eff, so
         the closer the fit, the more sub-chains survive; exactness never depends on it. The normal
         equations are summed over the ranks of `comm`, so every rank gets the same couplings.
-        Returns the global mean of ((H_eff - H_proposal)/N)².
+        `energy` (H_eff of `spins`) and `features` (the proposal's) save their passes where the
+        caller has them. Returns the global mean of ((H_eff - H_proposal)/N)².
         """
-        from slmc_hpc.effective.linear import LinearModel
         from slmc_hpc.effective.training import fit_linear
 
-        proposal = LinearModel(self.lattice, self.lattice.n_distance_shells, biquadratic=True)
-        loss = fit_linear(proposal, spins, self.energy_chunked(spins), comm=comm)
+        proposal = self.new_proposal()
+        targets = self.energy_chunked(spins) if energy is None else energy
+        loss = fit_linear(proposal, spins, targets, comm=comm, features=features)
         self.proposal = proposal
         return loss
 
@@ -223,11 +230,9 @@ class TransformerModel:
                 value = parameters.get(name, np.zeros(p.shape)) if name == "biquadratic" else parameters[name]
                 p.copy_(torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(p.shape))
         if "proposal_couplings" in parameters:
-            from slmc_hpc.effective.linear import LinearModel
-
             couplings = np.asarray(parameters["proposal_couplings"], dtype=np.float64)
             if couplings.shape == (self.lattice.n_distance_shells,):
-                self.proposal = LinearModel(self.lattice, self.lattice.n_distance_shells, biquadratic=True)
+                self.proposal = self.new_proposal()
                 quad = parameters.get("proposal_biquadratic", np.zeros_like(couplings))  # older files: K = 0
                 self.proposal.set_parameters(
                     {"e0": parameters["proposal_e0"], "couplings": couplings, "biquadratic": quad}
