@@ -162,3 +162,30 @@ def test_nested_inner_chain_samples_exp_minus_heff():
     assert 0.2 < np.mean(block_acceptance) < 0.6, "the sub-chain test should reject visibly (measured: 0.38)"
     x = a / T
     assert_within_three_sigma(chain_means_of_bond(history), 1.0 / np.tanh(x) - 1.0 / x)
+
+
+def test_tuning_ladder_stops_after_two_low_scores_and_measures_sub_chains_against_the_whole_chain(monkeypatch):
+    """The search the tune phase runs, on scripted measurements (the real ones are timed and noisy):
+    sweeps ascend as one sub-chain each until two in a row score below the best, one low score does
+    not end it, and the sub-chain lengths are compared with the whole chain measured on the ladder."""
+    from slmc_hpc.effective.transformer import TransformerModel
+    from slmc_hpc.lattice import Lattice
+    from slmc_hpc.samplers import tuning
+
+    n = 16
+    jumps = {1: 1.0, 2: 2.0, 4: 1.5, 8: 3.0, 16: 2.5, 32: 2.0, 64: 9.0}  # 4 dips once; 16 and 32 below 8
+    measured = []
+
+    def scripted(evaluator, effective, state, sweeps, block, steps, comm=None):
+        measured.append((sweeps, block))
+        gain = 1.2 if block == 2 * n else 1.0  # sub-chains of 2N beat the whole chain
+        trial = tuning.Trial(sweeps, block, steps, 0.5, 1.0, np.full(2, jumps[sweeps] * gain))
+        return trial, np.random.default_rng(len(measured)).normal(size=(steps + 1, 2, 2))
+
+    monkeypatch.setattr(tuning, "measure_candidate", scripted)
+    monkeypatch.setattr(tuning, "CANDIDATE_SWEEPS", tuple(jumps))
+    evaluator = make_evaluator("dense", DoubleExchange(4, 4, {1: 1.0}, J=1.0, mu=0.0, T=0.1))
+    model = TransformerModel(Lattice(4, 4), 2, 1, 1)
+    sweeps, block, _ = tuning.tune_inner_chain(evaluator, model, None, "auto", "auto")
+    assert measured[:6] == [(s, s * n) for s in (1, 2, 4, 8, 16, 32)]  # no 64
+    assert sorted(b for s, b in measured[6:]) == [n // 4, n // 2, n, 2 * n] and sweeps == 8 and block == 2 * n

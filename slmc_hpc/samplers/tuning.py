@@ -93,15 +93,21 @@ def tune_inner_chain(
 ) -> tuple[int, int, list[Trial]]:
     """The (inner_sweeps, inner_block) with the most ESJD per second; explicit values are kept as given.
 
-    Sweeps are chosen first (with sub-chains of N/2 where the nested chain runs), then the
-    sub-chain length for the chosen sweeps. The sweeps are measured in ascending order until one
-    scores below the best so far: the ESJD saturates while the cost per step grows with the sweeps,
-    so longer chains only cost more (at L = 12 this skips 32 sweeps, the dearest candidate).
+    Sweeps are chosen first, then the sub-chain length for the chosen sweeps. For the nested chain
+    with `inner_block: auto` the sweeps are measured as one sub-chain (one forward pass per outer
+    step), so a long chain is not charged for the short sub-chains it may not need (at L = 16, with
+    sub-chains of N/2, 16 sweeps cost 8x the forward passes of 2). The sweeps are measured in
+    ascending order until two in a row score below the best so far: the ESJD saturates while the cost
+    grows with the sweeps, and 8 outer steps are a noisy measure, so one low score does not end it.
     `report(trial)` is called on every measurement.
     """
     n_sites = evaluator.model.n_sites
     nested = SLMCSampler(evaluator, effective, 1, 1).mode == "nested"
-    block = int(inner_block) if inner_block != "auto" else (max(1, n_sites // 2) if nested else 0)
+    block = int(inner_block) if inner_block != "auto" else 0
+
+    def ladder_block(sweeps: int) -> int:  # the whole chain as one sub-chain, where the block is still open
+        return sweeps * n_sites if nested and inner_block == "auto" else block
+
     sweeps_options = CANDIDATE_SWEEPS if inner_sweeps == "auto" else (int(inner_sweeps),)
     trials: list[Trial] = []
     visited: list[np.ndarray] = []
@@ -125,16 +131,17 @@ def tune_inner_chain(
 
     first: list[Trial] = []
     if len(sweeps_options) > 1 or inner_block == "auto":
-        for sweeps in sweeps_options:  # ascending: stop at the first that scores below the best so far
-            first.append(run(sweeps, block))
-            if best(first) is not first[-1]:
+        for sweeps in sweeps_options:  # ascending, until two in a row score below the best so far
+            first.append(run(sweeps, ladder_block(sweeps)))
+            leader = best(first)
+            if len(first) >= 3 and all(leader is not trial for trial in first[-2:]):
                 break
     chosen_sweeps = best(first).inner_sweeps if len(sweeps_options) > 1 else sweeps_options[0]
     if nested and inner_block == "auto":
         moves = chosen_sweeps * n_sites
         lengths = sorted({min(moves, max(1, round(f * n_sites))) for f in CANDIDATE_BLOCK_FRACTIONS} | {moves})
-        second = [t for t in first if t.inner_sweeps == chosen_sweeps and t.inner_block == block]
-        second += [run(chosen_sweeps, m) for m in lengths if m != block]
+        second = [t for t in first if t.inner_sweeps == chosen_sweeps and t.inner_block == moves]
+        second += [run(chosen_sweeps, m) for m in lengths if m != moves]
         block = best(second).inner_block
     elif first:
         best(first)
