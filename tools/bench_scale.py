@@ -20,6 +20,8 @@ exact local MC measured in the same invocation.
 
     .venv/bin/python tools/bench_scale.py                      # L = 8, 12, 16 (about an hour on 2 cores)
     .venv/bin/python tools/bench_scale.py --sizes 12 --json bench_out/L12.json
+    .venv/bin/python tools/bench_scale.py --sizes 24 --models transformer --measurements 300 \
+        --exact-sweeps 1 --exact-chains-per-rank 1            # L = 24 (about an hour)
 """
 
 from __future__ import annotations
@@ -158,12 +160,19 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="exact local MC sweeps per size (default: --tau-sweeps at --tau-size, 25 up to L = 12, 4 beyond)",
     )
+    parser.add_argument(
+        "--exact-chains-per-rank", type=int, default=2, help="chains per rank of the short exact runs (1 at L = 24)"
+    )
+    parser.add_argument(
+        "--measurements", type=int, help="production measurements of the SLMC runs (default: the job's, 1000)"
+    )
     parser.add_argument("--tau-size", type=int, default=8, help="lattice of the long exact run that gives τ_int")
     parser.add_argument("--tau-sweeps", type=int, default=200, help="sweeps of that run")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary directory)")
     args = parser.parse_args(argv)
-    print(f"# bench_scale: {args.ranks} ranks, default job with lx = ly = L; 1 BLAS/torch thread per rank")
+    changed = "lx = ly = L" + (f", sampler.measurements = {args.measurements}" if args.measurements else "")
+    print(f"# bench_scale: {args.ranks} ranks, default job with {changed}; 1 BLAS/torch thread per rank")
     print(f"# load average at start: {os.getloadavg()[0]:.2f} (other jobs on the machine make every number noisy)")
     everything, tau_fallback = {}, None
     with tempfile.TemporaryDirectory(prefix="slmc-scale-") as tmp:
@@ -193,15 +202,22 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 run_dir = base / f"L{size}_{name}"
                 settings = {**lattice, "effective": {"kind": name}}
+                if args.measurements:
+                    settings["sampler"] = {"measurements": args.measurements}
                 wall = run_job(settings, run_dir, args.ranks)
                 rows[name] = summarize_slmc(run_dir, wall)
                 print(f"#   L={size} {name}: {wall:.0f} s wall", flush=True)
             default_sweeps = args.tau_sweeps if size == args.tau_size else 25 if size <= 12 else 4
             sweeps = args.exact_sweeps[index] if args.exact_sweeps else default_sweeps
             run_dir = base / f"L{size}_exact"
-            exact_job = {
+            exact_job = {  # only its time per sweep is used beyond L = 12: no thermalization there
                 **lattice,
-                "sampler": {"kind": "exact", "chains_per_rank": 2, "thermalization": 2, "measurements": sweeps},
+                "sampler": {
+                    "kind": "exact",
+                    "chains_per_rank": args.exact_chains_per_rank,
+                    "thermalization": 2 if size <= 12 else 0,
+                    "measurements": sweeps,
+                },
             }
             wall = run_job(exact_job, run_dir, args.ranks)
             exact = summarize_exact(run_dir, wall, tau_fallback)
