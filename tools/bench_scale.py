@@ -18,7 +18,7 @@ thermalization and production all counted), and the wall time to ESS(ms) = 1000 
 training (self-learning + thermalization + 1000 / production ESS rate). Ratios are against the
 exact local MC measured in the same invocation.
 
-    .venv/bin/python tools/bench_scale.py                      # L = 8, 12, 16 (about an hour on 2 cores)
+    .venv/bin/python tools/bench_scale.py                      # L = 8, 12, 16 (about 25 minutes on 2 cores)
     .venv/bin/python tools/bench_scale.py --sizes 12 --json bench_out/L12.json
     .venv/bin/python tools/bench_scale.py --sizes 24 --models transformer --measurements 300 \
         --exact-sweeps 1 --exact-chains-per-rank 1            # L = 24 (about an hour)
