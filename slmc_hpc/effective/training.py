@@ -399,8 +399,8 @@ class FeatureCache:
         spins, omega = self.data.fitted()
         first, key = self.data.end_row - len(omega), feature_key(self.model)
         # Rows numbered from `first` on that the cache holds (none past its end, none under another key).
-        known = self._features[first - self._first :] if key == self._key and first >= self._first else None
-        known = known if known is not None else self._features[:0]
+        reusable = key == self._key and first >= self._first
+        known = self._features[first - self._first :] if reusable else self._features[:0]
         fresh = self.model.features(spins[len(known) :]) if len(omega) > len(known) else self._features[:0]
         self._key, self._first, self._features = key, first, np.concatenate([known, fresh])
         return spins, omega, self._features
@@ -544,16 +544,18 @@ class SelfLearning:
         """
         if self._global_samples() == 0:
             return float("nan")
-        spins, omega, features = self.features.fitted()
-        energy = features @ fit_readout(self.effective, features, omega, self.comm)
-        self._fit_proposal(spins, energy)
-        return readout_error(energy, omega, self.effective.lattice.n_sites, self.comm)
+        return self._refit()[1]
 
-    def _fit_proposal(self, spins: np.ndarray, energy: np.ndarray) -> None:
-        """Refit the nested inner chain's proposal to the current H_eff (`energy` of the fitted rows `spins`)."""
+    def _refit(self) -> tuple[np.ndarray, float]:
+        """Solve the read-out on the fitted data and refit the nested chain's proposal to the new H_eff
+        (models that have one), from the cached features; returns (read-out coefficients, global loss)."""
+        spins, omega, features = self.features.fitted()
+        coefficients = fit_readout(self.effective, features, omega, self.comm)
+        energy = features @ coefficients
         if self.proposal_features is not None:
-            _, _, features = self.proposal_features.fitted()
-            self.effective.fit_proposal(spins, comm=self.comm, energy=energy, features=features)
+            _, _, proposal_features = self.proposal_features.fitted()
+            self.effective.fit_proposal(spins, comm=self.comm, energy=energy, features=proposal_features)
+        return coefficients, readout_error(energy, omega, self.effective.lattice.n_sites, self.comm)
 
     def run_round(self, state) -> RoundResult:
         """`outer_steps_per_round` SLMC steps under the current model, store every exactly evaluated
@@ -576,14 +578,10 @@ class SelfLearning:
             losses, _ = self.trainer.train_round(self.data.fitted(), self.validation.fitted(), self.config)
         # The read-out is linear in E_0, J_n: solve it exactly (for the transformer: for the trained
         # attention; this also removes the optimizer's noise on the small couplings).
-        n_sites = self.effective.lattice.n_sites
-        spins, omega, features = self.features.fitted()
-        coefficients = fit_readout(self.effective, features, omega, self.comm)
-        energy = features @ coefficients
-        data_loss = readout_error(energy, omega, n_sites, self.comm)
+        coefficients, data_loss = self._refit()
         _, held_out, held_out_features = self.validation_features.fitted()
-        validation_loss = readout_error(held_out_features @ coefficients, held_out, n_sites, self.comm)
-        self._fit_proposal(spins, energy)
+        prediction = held_out_features @ coefficients
+        validation_loss = readout_error(prediction, held_out, self.effective.lattice.n_sites, self.comm)
         if uniform:  # the bootstrap's configurations served this first fit; later fits leave them out
             self.data.unfitted, self.validation.unfitted = len(self.data), len(self.validation)
         n_samples = self._global_samples()
