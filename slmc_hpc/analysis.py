@@ -28,7 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from slmc_hpc.errors import InputError
 from slmc_hpc.io.integrity import READ_ERRORS, DamagedFileError, damaged, read, read_attrs
-from slmc_hpc.io.runfile import SAMPLE_NAMES, plain_value
+from slmc_hpc.io.runfile import plain_value
 
 #: Jackknife blocks are this many (largest) τ_int long.
 BLOCK_TAU = 4.0
@@ -98,11 +98,13 @@ def _read_samples(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         if group is None:
             raise InputError(f"{path} has no /samples group (the run has not started measuring)")
         n_meas = int(read_attrs(group).get("n_measurements", 0))
+        config_yaml = str(attrs.get("config_yaml", ""))
+        config, run_config = _parse_config(path, config_yaml)
+        declared = [o.name for o in run_config.system.observables(run_config) if not o.shape] if run_config else []
         try:
             present = [n for n in group if isinstance(group[n], h5py.Dataset)]
-            names = [n for n in SAMPLE_NAMES if n in present]
+            names = [n for n in (*declared, "acceptance") if n in present]
             names += sorted(n for n in present if n not in names and group[n].ndim == 2)
-            sq_shape = group["sq"].shape[2:] if "sq" in present else None
             stored = {name: group[name].shape[1] for name in names}
         except READ_ERRORS as exc:
             raise damaged(path, "the /samples datasets", exc) from None
@@ -113,37 +115,43 @@ def _read_samples(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                     "complete; the file is damaged"
                 )
         samples = {name: np.asarray(read(group[name], np.s_[:, :n_meas]), dtype=np.float64) for name in names}
-        config_yaml = str(attrs.get("config_yaml", ""))
-        try:
-            config = YAML(typ="safe").load(config_yaml or "{}") or {}
-            if not isinstance(config, dict):
-                raise ValueError(f"a {type(config).__name__}, not a mapping")
-        except (YAMLError, ValueError) as exc:
-            raise DamagedFileError(
-                f"{path}: root attribute config_yaml does not parse ({exc}); the file is damaged"
-            ) from None
         info = {
             "path": path,
             "status": str(attrs.get("status", "unknown")),
             "config_yaml": config_yaml,
             "config": config,  # parsed once, for analysis and plots
+            "run_config": run_config,  # validated: its system declares the observables (None if it cannot be)
             "n_measurements": n_meas,
-            "sq_shape": sq_shape,
         }
     return samples, info
 
 
-def model_constants(info: dict) -> tuple[int | None, float | None]:
-    """(number of sites N, temperature T) from the run's resolved config; None where unknown."""
-    n_sites = temperature = None
-    model = info.get("config", {}).get("model", {})
-    if "lx" in model and "ly" in model:
-        n_sites = int(model["lx"]) * int(model["ly"])
-    if model.get("T") is not None:
-        temperature = float(model["T"])
-    if n_sites is None and info.get("sq_shape"):
-        n_sites = int(np.prod(info["sq_shape"]))
-    return n_sites, temperature
+def _parse_config(path: Path, config_yaml: str):
+    """(the run's configuration as a dict, validated Config or None where this code cannot validate it)."""
+    from slmc_hpc.config import config_from_dict
+    from slmc_hpc.errors import ConfigError
+
+    try:
+        config = YAML(typ="safe").load(config_yaml or "{}") or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"a {type(config).__name__}, not a mapping")
+    except (YAMLError, ValueError) as exc:
+        raise DamagedFileError(f"{path}: root attribute config_yaml does not parse ({exc}); the file is damaged") from None
+    try:
+        return config, config_from_dict(_without_missing_files(config), source=str(path))
+    except ConfigError as exc:
+        sys.stderr.write(f"slmc-hpc: warning: {path}: its configuration is not valid for this code ({exc}); "
+                         "derived quantities and labels are left out\n")
+        return config, None
+
+
+def _without_missing_files(config: dict) -> dict:
+    """The run's configuration, where the files it read when it started (effective.load, init) may be gone."""
+    effective = config.get("effective")
+    if isinstance(effective, dict):
+        effective = {k: (None if k in ("load", "init") else v) for k, v in effective.items()}
+        return {**config, "effective": effective}
+    return config
 
 
 # -- Γ-method for primary observables ---------------------------------------------------------------------
@@ -211,76 +219,61 @@ def jackknife(function, arrays: list[np.ndarray], bins: int, length: int) -> tup
     return value, error
 
 
-def derived_quantities(samples: dict[str, np.ndarray], primary: dict, n_sites: int | None, temperature) -> dict:
-    """Binder ratio <ms^4>/<ms^2>^2 and susceptibilities N(<x^2> - <x>^2)/T of ms and m, with jackknife errors."""
+def derived_quantities(samples: dict[str, np.ndarray], primary: dict, derived) -> dict:
+    """The system's derived quantities (`core.protocols.Derived`), each with a blocked-jackknife error.
+
+    The blocks follow the τ_int of the first ingredient's observable; a quantity whose observables are
+    missing (not finite, or not recorded) is left out.
+    """
     out = {}
-    for name in ("ms", "m"):
-        if name not in samples or samples[name].shape[1] < 2:
+    for quantity in derived:
+        names = [name for name, _ in quantity.ingredients]
+        if any(name not in samples or samples[name].shape[1] < 2 for name in names):
             continue
-        x = samples[name]
-        tau = primary[name]["tau_int"] or 0.5  # None: constant data, every block is as good as independent
-        bins, length = jackknife_blocks(*x.shape, tau)
-        x2, x4 = x**2, x**4
-        info = {"n_chains": x.shape[0], "n_measurements": x.shape[1], "jackknife_blocks": x.shape[0] * bins}
-        if name == "ms":
-            mean, error = jackknife(lambda a2, a4: a4 / a2**2, [x2, x4], bins, length)
-            out["binder_ms"] = {"mean": mean, "error": error, "tau_int": primary[name]["tau_int"], **info}
-        if n_sites and temperature:
-            mean, error = jackknife(lambda a, a2, s=n_sites / temperature: s * (a2 - a**2), [x, x2], bins, length)
-            out[f"chi_{name}"] = {"mean": mean, "error": error, "tau_int": primary[name]["tau_int"], **info}
+        first = samples[names[0]]
+        tau = primary[names[0]]["tau_int"] or 0.5  # None: constant data, every block is as good as independent
+        bins, length = jackknife_blocks(*first.shape, tau)
+        arrays = [samples[name] ** power for name, power in quantity.ingredients]
+        mean, error = jackknife(quantity.function, arrays, bins, length)
+        out[quantity.name] = {
+            "mean": mean,
+            "error": error,
+            "tau_int": primary[names[0]]["tau_int"],
+            "n_chains": first.shape[0],
+            "n_measurements": first.shape[1],
+            "jackknife_blocks": first.shape[0] * bins,
+        }
     return out
 
 
-# -- S(q) -------------------------------------------------------------------------------------------------
+# -- field observables (shape != ()) ----------------------------------------------------------------------
 
 
-def centred_momenta(n: int) -> np.ndarray:
-    """FFT indices k reordered so that q = 2πk/n runs over (-π, π], ascending (q = π included for even n)."""
-    return (np.arange(n) - (n - 1) // 2) % n
+def field_chain_means(path: Path, name: str, block: int = 256) -> np.ndarray | None:
+    """Per chain, the mean over complete measurements of the field observable `/samples/<name>` [C, *shape].
 
-
-def q_over_pi(n: int) -> np.ndarray:
-    """q/π of the centred momenta of `centred_momenta(n)`: (-1, 1]."""
-    return 2.0 * (np.arange(n) - (n - 1) // 2) / n
-
-
-def structure_factor(path: Path, block: int = 256) -> dict[str, np.ndarray] | None:
-    """<S(q)> over chains and complete measurements on the centred grid: mean and error [ly, lx], q/π per axis.
-
-    Momenta run over (-π, π] (Néel order at (π, π)); the error is the scatter of the chain means (the chains
-    are independent), None with one chain. Read in blocks of measurements (the dataset can be large),
-    through the checksums.
+    Read in blocks of measurements (the dataset can be large), through the checksums; None if the run has
+    no such dataset or no complete measurement.
     """
     with _open(path) as f:
         try:
-            if "samples/sq" not in f:
+            if f"samples/{name}" not in f:
                 return None
-            data, n = f["samples/sq"], int(f["samples"].attrs.get("n_measurements", 0))
+            data, n = f["samples"][name], int(f["samples"].attrs.get("n_measurements", 0))
         except READ_ERRORS as exc:
-            raise damaged(path, "/samples/sq", exc) from None
+            raise damaged(path, f"/samples/{name}", exc) from None
         if n == 0:
             return None
         chain_sums = sum(
             np.asarray(read(data, np.s_[:, k : min(k + block, n)])).sum(axis=1) for k in range(0, n, block)
         )
-    chain_means = chain_sums / n  # [n_chains, ly, lx]
-    ly, lx = chain_means.shape[1:]
-    chain_means = chain_means[:, centred_momenta(ly)][:, :, centred_momenta(lx)]
-    n_chains = chain_means.shape[0]
-    error = chain_means.std(axis=0, ddof=1) / math.sqrt(n_chains) if n_chains > 1 else None
-    return {"mean": chain_means.mean(axis=0), "error": error, "qx": q_over_pi(lx), "qy": q_over_pi(ly)}
+    return chain_sums / n
 
 
-def structure_factor_peak(sq: dict[str, np.ndarray]) -> dict:
-    """The largest <S(q)>: its momentum q/π, value and error."""
-    iy, ix = np.unravel_index(np.argmax(sq["mean"]), sq["mean"].shape)
-    error = None if sq["error"] is None else float(sq["error"][iy, ix])
-    return {
-        "qx_over_pi": float(sq["qx"][ix]),
-        "qy_over_pi": float(sq["qy"][iy]),
-        "mean": float(sq["mean"][iy, ix]),
-        "error": error,
-    }
+def field_views(info: dict) -> dict:
+    """The run's system's views of its field observables, {name: FieldView} (none if the config is unknown)."""
+    run_config = info.get("run_config")
+    return dict(run_config.system.field_views(run_config)) if run_config is not None else {}
 
 
 # -- output -----------------------------------------------------------------------------------------------
@@ -373,18 +366,6 @@ def export_results_csv(results: dict, path: Path) -> Path:
     return path
 
 
-def export_structure_factor_csv(sq: dict[str, np.ndarray], path: Path) -> Path:
-    """<S(q)> per lattice momentum: qx/π, qy/π, mean, error (scatter of the chain means; empty with one chain)."""
-    with open(path, "w", newline="") as handle:
-        writer = csv_module.writer(handle)
-        writer.writerow(["qx_over_pi", "qy_over_pi", "sq_mean", "sq_error"])
-        for iy, qy in enumerate(sq["qy"]):
-            for ix, qx in enumerate(sq["qx"]):
-                error = None if sq["error"] is None else float(sq["error"][iy, ix])
-                writer.writerow([repr(float(qx)), repr(float(qy)), repr(float(sq["mean"][iy, ix])), _cell(error)])
-    return path
-
-
 def export_samples_csv(samples: dict[str, np.ndarray], path: Path) -> Path:
     """Raw samples in long format: chain, measurement, observable, value."""
     with open(path, "w", newline="") as handle:
@@ -422,8 +403,8 @@ MIN_MEASUREMENTS = 5
 def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False) -> dict:
     """Analyse a run (its directory or run.h5): print a table, write results.json and /results next to run.h5.
 
-    csv: also results.csv (the table) and structure_factor.csv (<S(q)> per momentum); samples_csv: also the
-    raw samples as samples.csv. Returns {observable: stats}. Nothing is written unless every dataset used was
+    csv: also results.csv (the table) and a CSV per field observable (structure_factor.csv: <S(q)> per
+    momentum); samples_csv: also the raw samples as samples.csv. Returns {observable: stats}. Nothing is written unless every dataset used was
     read without a checksum error (a damaged file is an InputError naming the dataset).
     """
     path = run_file(run)
@@ -435,27 +416,27 @@ def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False) -> dict
             f"at least {MIN_MEASUREMENTS} per chain, nothing to analyse yet"
         )
         return {}
-    sq = structure_factor(path)
+    views = field_views(info)
+    fields = {name: field_chain_means(path, name) for name in views}
+    fields = {name: means for name, means in fields.items() if means is not None}
     n_chains = next(iter(samples.values())).shape[0]
     finite = finite_samples(samples, path)
     results = {name: gamma_analysis(chains, name) for name, chains in finite.items()}
-    n_sites, temperature = model_constants(info)
-    results.update(derived_quantities(finite, results, n_sites, temperature))
+    run_config = info["run_config"]
+    if run_config is not None:
+        results.update(derived_quantities(finite, results, run_config.system.derived(run_config)))
     print(f"{path} ({info['status']}, {info['n_measurements']} measurements x {n_chains} chains)")
     print(format_table(results))
-    if sq is not None:
-        peak = structure_factor_peak(sq)
-        print(
-            f"S(q) peak       {format_value(peak['mean'], peak['error']):>22}   at q/π = "
-            f"({peak['qx_over_pi']:g}, {peak['qy_over_pi']:g})"
-        )
+    for name, means in fields.items():
+        for line in views[name].lines(means, format_value):
+            print(line)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_results_group(path, results, info)
     written = []
     if csv:
         written.append(export_results_csv(results, out_dir / "results.csv"))
-        if sq is not None:
-            written.append(export_structure_factor_csv(sq, out_dir / "structure_factor.csv"))
+        for name, means in fields.items():
+            written.append(views[name].write_csv(means, out_dir / views[name].csv_name))
     if samples_csv:
         written.append(export_samples_csv(samples, out_dir / "samples.csv"))
     for file in written:

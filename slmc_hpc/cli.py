@@ -103,7 +103,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from slmc_hpc.plots import plot_run
 
-    plot_run(Path(args.run), log_sq=not args.linear_sq)  # prints the files it wrote
+    plot_run(Path(args.run), linear=args.linear_sq)  # prints the files it wrote
     return 0
 
 
@@ -125,7 +125,8 @@ def _add_set_option(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Self-learning Monte Carlo for the double-exchange model, with MPI.",
+        description="Self-learning Monte Carlo for lattice models with fermions (model.kind: double_exchange, "
+        "su2_staggered), with MPI.",
         epilog="Under MPI: mpirun -n 4 python -m mpi4py -m slmc_hpc run job.yaml",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -1,14 +1,15 @@
-"""The run driver: the phases of a run and their loop, collective decisions, signals (DESIGN §2, §4, §5).
+"""The run driver: the phases of a run and their loop, collective decisions, signals.
 
-exact:  thermalize (sweeps) -> production
-slmc:   warmup (optional exact sweeps) -> train (rounds, from H_eff = 0 or from `effective.init`) ->
-        freeze -> tune (the inner chain, where `auto`) -> thermalize (outer steps with the frozen
-        H_eff) -> production; with `effective.load`, the stored model is frozen at once.
+The phases a job runs come from its system (`System.phases`), in this order where present:
+warmup (exact steps whose configurations are training data) -> train (self-learning rounds) ->
+freeze (the effective model written to /model, fixed from here on) -> tune (the update's `auto`
+settings measured) -> thermalize -> production.
 
-Every rank runs its own chains; with `evaluator.kind: slepc` the world is split into groups of
-`ranks_per_config` ranks that share one diagonalisation and hold identical chains, and only a
+Every rank runs its own chains; where a system lets several ranks share one exact evaluation
+(`System.grouping`), the world is split into groups that hold identical chains, and only a
 group's leader writes its rows (`parallel.Topology`). An exception on one rank propagates to the
-CLI, which aborts the job.
+CLI, which aborts the job. Nothing here knows a system: the `Simulation` a system builds does the
+physics, and the driver calls it.
 
 This module holds what a phase does. The other jobs live elsewhere: the step loop and its collective
 decisions (checkpoint now, stop now, flush now) in `stepping`, the run directory (lock, start or
@@ -31,15 +32,13 @@ import numpy as np
 from slmc_hpc import __version__
 from slmc_hpc.checkpointing import Checkpointer, ParameterState
 from slmc_hpc.config import Config, config_sha256, to_yaml
+from slmc_hpc.core.chains import ChainState, chain_streams, initial_state
 from slmc_hpc.errors import InputError
-from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.io.checkpoint import rng_from_text, rng_state_text
 from slmc_hpc.io.rundir import CHECKPOINT_FILE, RUN_FILE, RunDirectory, status_report
 from slmc_hpc.io.runfile import TIMING_NAMES, TRAINING_NAMES, RunFile, package_versions
 from slmc_hpc.parallel import Topology, on_every_rank, on_root, ranks_on_this_node, world
-from slmc_hpc.physics import DoubleExchange
 from slmc_hpc.recorder import FLUSH_MEASUREMENTS, Recorder, layout, write_failure
-from slmc_hpc.samplers import ChainState, ExactLocalSampler, SLMCSampler, init_chains, measure
 from slmc_hpc.stepping import Interrupted, Progress, StepLoop
 
 __all__ = ["run_simulation", "status_report", "phases", "RUN_FILE", "CHECKPOINT_FILE"]
@@ -48,18 +47,16 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 DONE = "done"
 
 
-def build_model(config: Config) -> DoubleExchange:
-    m = config.model
-    return DoubleExchange(lx=m.lx, ly=m.ly, hoppings=m.hoppings, J=m.J, mu=m.mu, T=m.T)
+#: Every phase a run may have, in the order they run; a system's `phases(config)` picks from them.
+PHASES = ("warmup", "train", "freeze", "tune", "thermalize", "production")
 
 
 def phases(config: Config) -> tuple[str, ...]:
     """The phases of a run, in order."""
-    if config.sampler.kind == "exact":
-        return ("thermalize", "production")
-    if config.effective.load is not None:
-        return ("freeze", "tune", "thermalize", "production")
-    return ("warmup", "train", "freeze", "tune", "thermalize", "production")
+    chosen = tuple(config.system.phases(config))
+    if any(name not in PHASES for name in chosen) or list(chosen) != sorted(chosen, key=PHASES.index):
+        raise TypeError(f"system {config.model.kind}: phases {chosen} are not an ordered subset of {PHASES}")
+    return chosen
 
 
 def _now_iso() -> str:
@@ -67,9 +64,8 @@ def _now_iso() -> str:
 
 
 def build_topology(config: Config, comm) -> Topology:
-    slepc = config.evaluator.kind == "slepc"
-    per_group = config.evaluator.ranks_per_config if slepc else 1
-    return Topology.build(comm, config.sampler.chains_per_rank, per_group, split=slepc)
+    grouping = config.system.grouping(config)
+    return Topology.build(comm, config.sampler.chains_per_rank, grouping.ranks, grouping.split, grouping.key)
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -77,11 +73,13 @@ def build_topology(config: Config, comm) -> Topology:
 
 @dataclass
 class Window:
-    """Accumulators of the current measurement window (acceptance per chain, seconds per kind)."""
+    """Accumulators of the current measurement window: acceptance per chain, seconds per kind, and the
+    per-chain values the last step asked to record (the dH of a trajectory)."""
 
     acceptance: np.ndarray
     steps: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_NAMES, 0.0))
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _History:
@@ -98,26 +96,18 @@ class _History:
 
 
 class Run:
-    """One rank's view of a run: its chains, samplers, components and the phase loop."""
+    """One rank's view of a run: its chains, its system's simulation, the components and the phase loop."""
 
     def __init__(self, config: Config, topo: Topology, mode: str, stop: StopFlag, rundir: RunDirectory):
         self.config, self.topo, self.stop, self.rundir = config, topo, stop, rundir
+        self.system = config.system
         self.run_dir = Path(config.output.dir)
         self.phases = phases(config)
-        self.model = build_model(config)
-        kind = config.evaluator.kind
-        self.evaluator = make_evaluator(
-            kind, self.model, comm=topo.group_comm if kind == "slepc" else None, **config.evaluator.options
-        )
-        self.effective = None
+        # Every rank builds its own (reading `effective.load` or `init`): a rank that fails alone must
+        # not leave the others waiting, so the error is raised on all of them.
+        self.simulation = on_every_rank(topo.comm, lambda: self.system.build(config, topo.group_comm))
+        self.effective = self.simulation.effective
         self.learner = None
-        #: The production inner chain (sweeps, block): the sampler's values, `auto` until the tune phase.
-        self.inner = (config.sampler.inner_sweeps, config.sampler.inner_block)
-        if config.sampler.kind == "slmc":
-            from slmc_hpc.effective.starting import loaded_model, starting_model
-
-            build = loaded_model if config.effective.load else starting_model
-            self.effective = on_every_rank(topo.comm, lambda: build(config.effective, self.model, config.seed))
         self.history: dict[str, list[float]] = {name: [] for name in TRAINING_NAMES}
         self.progress = Progress(self.phases[0])
         self.checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, topo, to_yaml(config), config_sha256(config))
@@ -155,7 +145,9 @@ class Run:
 
     def _start(self) -> None:
         topo = self.topo
-        self.state = init_chains(self.evaluator, self.config.seed, topo.chains)
+        rngs = chain_streams(self.config.seed, topo.chains)
+        configs = self.simulation.initial_configurations(rngs)
+        self.state = initial_state(self.simulation.action, configs, rngs, topo.chains)
         self.window = Window(np.zeros(len(topo.chains)))
         self.progress = Progress(self.phases[0])
         self._register_components()
@@ -171,32 +163,42 @@ class Run:
     def _resume(self) -> None:
         topo = self.topo
         ckpt = self.checkpointer.read()
-        if ckpt.chains["spins"].shape[1] != self.model.n_sites:
-            raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: its spins do not fit a {self.model.lattice} lattice")
+        source = str(self.run_dir / CHECKPOINT_FILE)
+        name = self.system.config_name
+        if name not in ckpt.chains:
+            raise InputError(f"{source}: it holds no {name} (a checkpoint of another system?)")
+        self.simulation.check_configurations(ckpt.chains[name], source)
         c = ckpt.counters
         self.progress = Progress(str(c["phase"]), int(c["step"]), int(c["measurements"]), int(c["rounds"]))
-        if "inner_sweeps" in c:
-            stored = (c["inner_sweeps"], c["inner_block"])
-            self.inner = tuple(value if value == "auto" else int(value) for value in stored)
+        for key in self.simulation.settings:  # the update's settings as tuned (or `auto` before the tune phase)
+            if key in c:
+                self.simulation.settings[key] = c[key] if c[key] == "auto" else int(c[key])
         if self.progress.phase == DONE and self.progress.measurements < self.config.sampler.measurements:
             # A finished run whose production is extended: its chains continue where they stopped.
             done = self.progress.measurements
             self.progress = Progress("production", done * self.config.sampler.measure_every, done, self.progress.rounds)
         if self.progress.phase not in (*self.phases, DONE):
-            raise InputError(f"{self.run_dir / CHECKPOINT_FILE}: phase {self.progress.phase} is not part of this run")
+            raise InputError(f"{source}: phase {self.progress.phase} is not part of this run")
         if self.progress.phase in ("warmup", "train") and ckpt.mpi_size != topo.size:
             raise InputError(
-                f"{self.run_dir / CHECKPOINT_FILE}: written during training by {ckpt.mpi_size} ranks, each with its "
+                f"{source}: written during training by {ckpt.mpi_size} ranks, each with its "
                 f"own training data; resume it on {ckpt.mpi_size} ranks, not {topo.size}"
             )
+        rows = {key: values for key, values in ckpt.chains.items() if key not in (name, "window_acceptance")}
+        rows = {key: values for key, values in rows.items() if not key.startswith("window_")}
         self.state = ChainState(
-            spins=ckpt.chains["spins"],
-            omega=ckpt.chains["omega"],
-            eigenvalues=ckpt.chains["eigenvalues"],
+            config=ckpt.chains[name],
+            action=np.asarray(self.simulation.action.action_of(rows), dtype=np.float64),
+            rows=rows,
             rngs=[rng_from_text(text) for text in ckpt.rng_states],
             chains=np.asarray(topo.chains, dtype=np.int64),
         )
-        self.window = Window(ckpt.chains["window_acceptance"], steps=int(c["window_steps"]))
+        window_samples = {
+            key[len("window_") :]: values
+            for key, values in ckpt.chains.items()
+            if key.startswith("window_") and key != "window_acceptance"
+        }
+        self.window = Window(ckpt.chains["window_acceptance"], steps=int(c["window_steps"]), samples=window_samples)
         self._register_components()
         runfile = RunFile.reopen(
             self.run_dir / RUN_FILE, topo.comm, layout(self.config, topo), self.progress.measurements
@@ -213,16 +215,16 @@ class Run:
         """The self-learning loop, only while warmup or training remain to be done."""
         if self.progress.phase not in ("warmup", "train"):
             return
-        from slmc_hpc.effective.training import SelfLearning
+        from slmc_hpc.core.learning import SelfLearning
 
         self.learner = SelfLearning(
             self.effective,
-            self.evaluator,
+            self.simulation.learning(),
             self.config.training,
+            config_shape=self.state.config.shape[1:],
             comm=self.topo.comm,
             seed=self.config.seed,
-            inner_sweeps=self.config.sampler.inner_sweeps,
-            inner_block=self.config.sampler.inner_block,
+            dtype=self.state.config.dtype,
         )
         # Restored at once from a checkpoint being resumed; each rank keeps its own training and validation data.
         self.checkpointer.register("learner", self.learner, local=("data", "validation"))
@@ -249,7 +251,7 @@ class Run:
         self.runfile.close()
 
     def _phase_warmup(self) -> None:
-        """Exact sweeps whose configurations are the first training data (checkpointable per sweep)."""
+        """Exact steps whose configurations are the first training data (checkpointable per step)."""
 
         def sweep():
             return self.learner.warmup(self.state, 1), {}
@@ -275,7 +277,7 @@ class Run:
         self.learner = None  # the training data are not needed any more
 
     def _phase_freeze(self) -> None:
-        """Record the frozen H_eff in /model: production runs with exactly these parameters."""
+        """Record the frozen effective model in /model: production runs with exactly these parameters."""
         from slmc_hpc.io.model import write_model
 
         if "model" in self.runfile.file:
@@ -284,24 +286,15 @@ class Run:
         self.runfile.flush()
 
     def _phase_tune(self) -> None:
-        """Measure the inner chains that are `auto` with the frozen H_eff and fix them for production."""
-        from slmc_hpc.samplers.tuning import tune_inner_chain
-
-        if "auto" in self.inner:
-            rows = []
-            sweeps, block, trials = tune_inner_chain(
-                self.evaluator, self.effective, self.state, *self.inner, comm=self.topo.comm, report=rows.append
-            )
-            self.inner = (sweeps, block)
-            self.runfile.set_attrs(tune_outer_steps=sum(trial.steps for trial in trials))
-            if self.topo.rank == 0:
-                table = "".join(f"slmc-hpc:   {trial.row()}\n" for trial in rows)
-                sys.stderr.write(f"slmc-hpc: inner chain measured with the frozen H_eff:\n{table}")
-        mode = self._slmc_sampler().mode
-        self.runfile.set_attrs(inner_sweeps=int(self.inner[0]), inner_block=int(self.inner[1]), inner_mode=mode)
-        if self.topo.rank == 0:
-            sweeps, block = self.inner
-            sys.stderr.write(f"slmc-hpc: production inner chain: inner_sweeps {sweeps}, inner_block {block} ({mode})\n")
+        """Measure the update's `auto` settings with the frozen model and fix them for production."""
+        tuned = self.simulation.tune(self.state, self.topo.comm)
+        if tuned is None:
+            return
+        self.simulation.settings.update(tuned.settings)
+        if tuned.attrs:
+            self.runfile.set_attrs(**tuned.attrs)
+        if self.topo.rank == 0 and tuned.report:
+            sys.stderr.write("".join(f"slmc-hpc: {line}\n" for line in tuned.report))
 
     def _phase_thermalize(self) -> None:
         self._loop(self.config.sampler.thermalization, self._sampler_step(), measuring=False)
@@ -311,23 +304,15 @@ class Run:
         self._loop(s.measurements * s.measure_every, self._sampler_step(), measuring=True)
 
     def _sampler_step(self):
-        """One sweep (exact) or one outer step (slmc, frozen H_eff): (acceptance per chain, timings)."""
-        if self.config.sampler.kind == "exact":
-            step = ExactLocalSampler(self.evaluator).sweep
-        else:
-            step = self._slmc_sampler().step
+        """One step of the production update (frozen model, tuned settings): (acceptance per chain, timings)."""
+        stepper = self.simulation.stepper()
 
         def run_step():
-            info = step(self.state)
+            info = stepper.step(self.state)
+            self.window.samples.update(info.samples)
             return info.accepted, info.timings
 
         return run_step
-
-    def _slmc_sampler(self) -> SLMCSampler:
-        sweeps, block = self.inner
-        if "auto" in self.inner:  # only before the tune phase (thermalize/production always come after it)
-            raise RuntimeError("the inner chain is used before it was tuned")
-        return SLMCSampler(self.evaluator, self.effective, sweeps, block)
 
     def _loop(self, total: int, step, measuring: bool) -> None:
         """Run `step` until the phase has `total` steps, accumulating the window and measuring every `measure_every`."""
@@ -352,7 +337,8 @@ class Run:
     def _measure(self) -> None:
         start = time.perf_counter()
         w = self.window
-        sample = measure(self.model, self.state)
+        sample = self.simulation.measure(self.state)
+        sample.update(w.samples)
         sample["acceptance"] = w.acceptance / max(w.steps, 1)
         w.seconds["measure"] += time.perf_counter() - start
         self.recorder.add(sample, w.seconds)
@@ -378,18 +364,13 @@ class Run:
         rows = rngs = None
         if self.topo.leader:
             rows = {
-                "spins": self.state.spins,
-                "omega": self.state.omega,
-                "eigenvalues": self.state.eigenvalues,
+                self.system.config_name: self.state.config,
+                **self.state.rows,
                 "window_acceptance": self.window.acceptance,
+                **{f"window_{key}": values for key, values in self.window.samples.items()},
             }
             rngs = [rng_state_text(rng) for rng in self.state.rngs]
-        counters = {
-            **self.progress.counters(),
-            "window_steps": self.window.steps,
-            "inner_sweeps": self.inner[0],
-            "inner_block": self.inner[1],
-        }
+        counters = {**self.progress.counters(), "window_steps": self.window.steps, **self.simulation.settings}
         self.checkpointer.save(counters, rows, rngs)
         self.loop.checkpointed()
         self.window.seconds["io"] += time.perf_counter() - start

@@ -177,7 +177,7 @@ def ranks_on_this_node(comm) -> int:
 class Topology:
     """The world, its diagonalisation groups and this rank's chains.
 
-    With `ranks_per_config = k` (slepc) the world is split into groups of k consecutive ranks that share
+    With `ranks_per_config = k` (a distributed evaluator) the world is split into groups of k consecutive ranks that share
     one diagonalisation and hold identical chains; only a group's leader writes its rows.
     """
 
@@ -192,12 +192,16 @@ class Topology:
     n_chains: int
 
     @classmethod
-    def build(cls, comm, chains_per_rank: int, ranks_per_config: int = 1, split: bool = False) -> Topology:
-        """`split`: give every group its own communicator (slepc's default would be the whole world)."""
+    def build(
+        cls, comm, chains_per_rank: int, ranks_per_config: int = 1, split: bool = False, key: str = ""
+    ) -> Topology:
+        """`split`: give every group its own communicator (a distributed solver's default would be the whole
+        world); `key` names the configuration key that set `ranks_per_config`, for the message."""
         rank, size = comm.Get_rank(), comm.Get_size()
         if size % ranks_per_config:
             raise InputError(
-                f"evaluator.ranks_per_config = {ranks_per_config} does not divide the {size} MPI ranks of this job"
+                f"{key or 'ranks per configuration'} = {ranks_per_config} does not divide the {size} MPI ranks "
+                "of this job"
             )
         group, n_groups = rank // ranks_per_config, size // ranks_per_config
         group_comm = comm.Split(group, rank) if split else None

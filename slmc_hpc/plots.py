@@ -1,8 +1,8 @@
 """Diagnostic plots of a run (PNG, matplotlib Agg): time series, autocorrelations, S(q), training, T scans.
 
 Like analysis.py, this only reads run.h5 (and results.json), so it works on a run that is still going.
-Every title names the run (lx×ly, T, sampler, effective model), so figures of different runs cannot be
-confused.
+Every title names the run (its system's `describe`: lattice, couplings, sampler, effective model), so
+figures of different runs cannot be confused; labels and units come from the system's observables.
 """
 
 from __future__ import annotations
@@ -19,29 +19,28 @@ import numpy as np  # noqa: E402
 
 from slmc_hpc.analysis import (  # noqa: E402
     analyze_run,
+    field_chain_means,
+    field_views,
     gamma_analysis,
     is_constant,
     read_samples,
     run_file,
-    structure_factor,
 )
 from slmc_hpc.errors import InputError  # noqa: E402
 from slmc_hpc.io.integrity import READ_ERRORS, damaged, read  # noqa: E402
 
 #: How many individual chains the time-series plot draws next to the mean over chains.
 CHAINS_SHOWN = 3
-LABELS = {
-    "omega": r"$\Omega/N$",
-    "m": r"$m$",
-    "ms": r"$m_s$",
-    "nn": r"$\langle S_i\cdot S_{i+\delta}\rangle$",
-    "density": r"$n$",
-    "electron_energy": r"$E_{el}/N$",
-    "acceptance": "acceptance",
-    "binder_ms": r"$\langle m_s^4\rangle/\langle m_s^2\rangle^2$",
-    "chi_ms": r"$\chi_s$",
-    "chi_m": r"$\chi$",
-}
+
+
+def labels(info: dict) -> dict[str, str]:
+    """Axis labels of the run's observables and derived quantities, with their units ("Ω/N [t]")."""
+    run_config = info.get("run_config")
+    if run_config is None:
+        return {}
+    system = run_config.system
+    declared = [*system.observables(run_config), *system.derived(run_config)]
+    return {q.name: q.label + (f" [{q.unit}]" if q.unit else "") for q in declared}
 
 
 def _grid(n_panels: int, width: float = 11.0, row_height: float = 2.4, sharex: bool = True):
@@ -60,13 +59,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def run_label(config: dict) -> str:
-    """'6×6, T = 0.05, slmc sampler, transformer H_eff': what tells one run's figures from another's."""
-    model, sampler = config.get("model", {}), config.get("sampler", {})
-    kind = sampler.get("kind", "?")
-    lattice = f"{model.get('lx', '?')}×{model.get('ly', '?')}"
-    effective = "no H_eff" if kind == "exact" else f"{config.get('effective', {}).get('kind', '?')} H_eff"
-    return f"{lattice}, T = {model.get('T', '?')}, {kind} sampler, {effective}"
+def run_label(info: dict) -> str:
+    """What tells one run's figures from another's: its system's one-line description of the run."""
+    run_config = info.get("run_config")
+    if run_config is None:
+        return str(info.get("path", "run"))
+    return run_config.system.describe(run_config)
 
 
 #: Acceptance is 0 or 1 per outer step and chain: it is drawn as a running mean over this many windows.
@@ -81,10 +79,12 @@ def running_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (totals - lagged) / np.minimum(np.arange(1, values.shape[-1] + 1), window)
 
 
-def _measure_unit(config: dict) -> str:
-    sampler = config.get("sampler", {})
-    step = "outer steps" if sampler.get("kind", "slmc") == "slmc" else "sweeps"
-    return f"measurement (every {sampler.get('measure_every', 1)} {step})"
+def _measure_unit(info: dict) -> str:
+    run_config = info.get("run_config")
+    if run_config is None:
+        return "measurement"
+    step = run_config.system.step_name(run_config)
+    return f"measurement (every {run_config.sampler.measure_every} {step})"
 
 
 def plot_time_series(samples: dict[str, np.ndarray], info: dict, path: Path) -> Path:
@@ -95,7 +95,7 @@ def plot_time_series(samples: dict[str, np.ndarray], info: dict, path: Path) -> 
     fig, axes = _grid(len(samples))
     for ax, (name, chains) in zip(axes, samples.items(), strict=False):
         steps = np.arange(chains.shape[1])
-        label = LABELS.get(name, name)
+        label = labels(info).get(name, name)
         if name == "acceptance":
             window = max(1, chains.shape[1] // ACCEPTANCE_WINDOWS)
             chains = running_mean(chains, window)
@@ -107,10 +107,10 @@ def plot_time_series(samples: dict[str, np.ndarray], info: dict, path: Path) -> 
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7, loc="best")
     for ax in axes[-2:]:  # the bottom panel of each column (shared x axes hide the others' labels)
-        ax.set_xlabel(_measure_unit(info["config"]))
+        ax.set_xlabel(_measure_unit(info))
         ax.xaxis.set_tick_params(labelbottom=True)
     fig.suptitle(
-        f"time series: {run_label(info['config'])}\n({info['status']}, {info['n_measurements']} measurements; "
+        f"time series: {run_label(info)}\n({info['status']}, {info['n_measurements']} measurements; "
         "thermalisation not stored: dashed line = measurement 0 = start of production)"
     )
     return _save(fig, path)
@@ -144,7 +144,7 @@ def plot_autocorrelation(samples: dict[str, np.ndarray], info: dict, path: Path)
     axes[0].legend(fontsize=7)
     constants = [n for n in samples if n not in names]
     fig.suptitle(
-        f"autocorrelation functions (all chains): {run_label(info['config'])}"
+        f"autocorrelation functions (all chains): {run_label(info)}"
         + (f"\nnot shown (constant or not finite): {', '.join(constants)}" if constants else "")
     )
     return _save(fig, path)
@@ -161,7 +161,7 @@ def plot_training(training: dict[str, np.ndarray], info: dict, path: Path) -> Pa
         for boundary in np.cumsum(training.get("round_steps", np.array([])))[:-1]:
             if 0 < boundary < loss.size:
                 loss_ax.axvline(boundary + 0.5, color="grey", ls=":", lw=0.8)
-    loss_ax.set(xlabel="optimizer step", ylabel=r"loss  MSE of $(\Omega - H_{eff})/N$", title="training loss")
+    loss_ax.set(xlabel="optimizer step", ylabel=r"loss  MSE of (target $- H_{eff}$)/scale", title="training loss")
     for name, label, marker in (("round_loss", "training data", "o-"), ("round_validation_loss", "validation", "s--")):
         values = training.get(name, np.array([]))
         if values.size and np.any(np.isfinite(values) & (values > 0)):
@@ -175,39 +175,8 @@ def plot_training(training: dict[str, np.ndarray], info: dict, path: Path) -> Pa
         rounds = np.arange(1, acceptance.size + 1)
         acc_ax.plot(rounds, acceptance, "o-")
         acc_ax.set_xticks(rounds)
-    acc_ax.set(xlabel="round", ylabel="SLMC acceptance", title="acceptance per round", ylim=(0, 1.05))
-    fig.suptitle(f"training: {run_label(info['config'])}")
-    return _save(fig, path)
-
-
-def plot_structure_factor(sq: dict[str, np.ndarray], info: dict, path: Path, log: bool = True) -> Path:
-    """<S(q)> on the Brillouin zone, momenta in (-π, π] in units of π: Néel order peaks at (π, π) = (1, 1).
-
-    Log colour scale by default: an ordered state's Bragg peak grows like N while the diffuse background stays
-    O(1), so on a linear scale everything but the peak is one colour. `log=False` for reading peak heights.
-    """
-    mean = sq["mean"]
-    ly, lx = mean.shape
-    extent = (sq["qx"][0] - 1 / lx, sq["qx"][-1] + 1 / lx, sq["qy"][0] - 1 / ly, sq["qy"][-1] + 1 / ly)
-    fig, ax = plt.subplots(figsize=(5.6, 5.0))
-    norm = None
-    if log:
-        positive = mean[mean > 0]
-        floor = max(float(positive.min()), float(mean.max()) * 1e-6) if positive.size else 1e-12
-        norm = matplotlib.colors.LogNorm(vmin=floor, vmax=max(float(mean.max()), floor * 10))
-        mean = np.maximum(mean, floor)
-    image = ax.imshow(mean, origin="lower", extent=extent, cmap="viridis", aspect="equal", norm=norm)
-    colorbar = fig.colorbar(image, ax=ax, label=r"$\langle S(q)\rangle$" + (" (log scale)" if log else ""), shrink=0.85)
-    if log:  # labelled ticks across the range (LogNorm labels only powers of ten, often none or one)
-        values = np.geomspace(norm.vmin, norm.vmax, 6)
-        colorbar.set_ticks(values, labels=[f"{v:.3g}" for v in values])
-        colorbar.minorticks_off()
-    for axis, (low, high) in ((ax.xaxis, extent[:2]), (ax.yaxis, extent[2:])):
-        axis.set_ticks([t for t in (-1, -0.5, 0, 0.5, 1) if low <= t <= high])
-    ax.set_xlim(extent[:2])
-    ax.set_ylim(extent[2:])
-    ax.set(xlabel=r"$q_x/\pi$", ylabel=r"$q_y/\pi$")
-    ax.set_title(f"spin structure factor\n{run_label(info['config'])}", fontsize=10)
+    acc_ax.set(xlabel="round", ylabel="outer acceptance", title="acceptance per round", ylim=(0, 1.05))
+    fig.suptitle(f"training: {run_label(info)}")
     return _save(fig, path)
 
 
@@ -223,15 +192,17 @@ def read_training(path: Path) -> dict[str, np.ndarray]:
     return {name: data for name, data in arrays.items() if data.size}
 
 
-def plot_run(run: Path, log_sq: bool = True) -> list[Path]:
+def plot_run(run: Path, linear: bool = False) -> list[Path]:
     """All diagnostic plots of a run (its directory or run.h5) into plots/ next to run.h5; returns the PNG paths.
 
+    Field observables (S(q)) are drawn by their system's view, on a log colour scale unless `linear`.
     A run with neither measurements nor training data is an InputError, and no plots/ folder is made.
     """
     path = run_file(run)
     samples, info = read_samples(path)
     n_meas = info["n_measurements"]
-    sq = structure_factor(path)
+    views = field_views(info)
+    fields = {name: field_chain_means(path, name) for name in views}
     training = read_training(path)
     if n_meas == 0 and not training:
         raise InputError(f"{path} ({info['status']}) holds no measurements and no training data yet: nothing to plot")
@@ -242,8 +213,9 @@ def plot_run(run: Path, log_sq: bool = True) -> list[Path]:
         written.append(plot_time_series(samples, info, out / "time_series.png"))
     if n_meas >= 4:
         written.append(plot_autocorrelation(samples, info, out / "autocorrelation.png"))
-    if sq is not None:
-        written.append(plot_structure_factor(sq, info, out / "structure_factor.png", log=log_sq))
+    for name, means in fields.items():
+        if means is not None:
+            written.append(views[name].plot(means, run_label(info), out / views[name].png_name, linear=linear))
     if training:
         written.append(plot_training(training, info, out / "training.png"))
     for png in written:
@@ -251,32 +223,43 @@ def plot_run(run: Path, log_sq: bool = True) -> list[Path]:
     return written
 
 
-def scan_results(run: Path) -> tuple[float, dict, dict]:
-    """(T, results, config) of one run of a scan; analyses the run first if it has no results.json yet."""
+def scan_results(run: Path) -> tuple[dict, dict, dict]:
+    """(the run's configuration as a dict, results, info) of one run of a scan; analyses it if needed."""
     path = run_file(run)
     _, info = read_samples(path)
-    temperature = float(info["config"].get("model", {}).get("T", np.nan))
     results_path = path.parent / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else analyze_run(path)
-    return temperature, results, info["config"]
+    return info["config"], results, info
+
+
+def _varying_key(configs: list[dict]) -> str:
+    """The model key whose values differ between the runs (the scanned parameter)."""
+    models = [config.get("model", {}) for config in configs]
+    keys = [key for key in models[0] if len({repr(model.get(key)) for model in models}) > 1]
+    numeric = [key for key in keys if all(isinstance(model.get(key), int | float) for model in models)]
+    if not numeric:
+        raise InputError("the runs of a scan must differ in one numeric model key; these differ in: "
+                         + (", ".join(keys) or "nothing"))
+    return numeric[0]
 
 
 def plot_scan(run_dirs: list[Path], output: Path | None = None) -> Path:
-    """Observables vs temperature with error bars, one point per run (from each run's results.json)."""
-    points = sorted((scan_results(d) for d in run_dirs), key=lambda point: point[0])
-    temperatures = np.array([t for t, _, _ in points])
-    names = [n for n in ("ms", "m", "omega", "nn", "binder_ms", "chi_ms", "electron_energy", "acceptance")]
-    names = [n for n in names if all(n in r for _, r, _ in points)]
+    """Observables against the scanned model parameter with error bars, one point per run (results.json)."""
+    points = [scan_results(d) for d in run_dirs]
+    key = _varying_key([config for config, _, _ in points])
+    points.sort(key=lambda point: point[0]["model"][key])
+    x = np.array([config["model"][key] for config, _, _ in points], dtype=float)
+    common = [name for name in points[0][1] if all(name in results for _, results, _ in points)]
+    names = [name for name in common if name != "acceptance"] + (["acceptance"] if "acceptance" in common else [])
+    axis_labels = labels(points[0][2])
     fig, axes = _grid(len(names), row_height=2.6)
     for ax, name in zip(axes, names, strict=False):
-        means = [r[name]["mean"] for _, r, _ in points]
-        errors = [r[name]["error"] for _, r, _ in points]
-        ax.errorbar(temperatures, means, yerr=errors, fmt="o-", ms=4, capsize=3)
-        ax.set_ylabel(LABELS.get(name, name))
+        means = [results[name]["mean"] for _, results, _ in points]
+        errors = [results[name]["error"] for _, results, _ in points]
+        ax.errorbar(x, means, yerr=errors, fmt="o-", ms=4, capsize=3)
+        ax.set_ylabel(axis_labels.get(name, name))
     for ax in axes[-2:]:
-        ax.set_xlabel("T")
-    label = run_label(points[0][2]).split(", ")
-    label[1] = f"T = {temperatures.min():g} ... {temperatures.max():g}"
-    fig.suptitle(f"temperature scan ({len(points)} runs): {', '.join(label)}")
+        ax.set_xlabel(key)
+    fig.suptitle(f"scan of {key} ({len(points)} runs, {key} = {x.min():g} ... {x.max():g}): {run_label(points[0][2])}")
     output = Path(output) if output else Path(run_dirs[0]).parent / "scan.png"
     return _save(fig, output)

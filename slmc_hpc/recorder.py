@@ -15,19 +15,18 @@ import numpy as np
 
 from slmc_hpc.config import Config
 from slmc_hpc.errors import InputError
-from slmc_hpc.io.runfile import SAMPLE_NAMES, TIMING_NAMES, Layout, RunFile
+from slmc_hpc.io.runfile import TIMING_NAMES, Layout, RunFile
 from slmc_hpc.parallel import Topology
 
 FLUSH_MEASUREMENTS = 256  # buffered measurements per block written to run.h5
 
 
 def layout(config: Config, topo: Topology) -> Layout:
-    """Who writes which rows of run.h5."""
+    """What run.h5 holds (the system's observables) and who writes which rows."""
     return Layout(
         n_chains=topo.n_chains,
         chains_per_writer=config.sampler.chains_per_rank,
-        lx=config.model.lx,
-        ly=config.model.ly,
+        observables=tuple(config.system.observables(config)),
         mpi_size=topo.size,
         rank=topo.rank,
         rows=topo.chains if topo.leader else None,
@@ -77,7 +76,8 @@ class Recorder:
         if count:
             samples = None
             if self.leader:
-                samples = {name: np.stack([m[name] for m in self.samples], axis=1) for name in (*SAMPLE_NAMES, "sq")}
+                names = [observable.name for observable in self.runfile.layout.samples]
+                samples = {name: np.stack([m[name] for m in self.samples], axis=1) for name in names}
             timing = {name: np.array([t[name] for t in self.timing]) for name in TIMING_NAMES}
             self.runfile.append(samples, timing, count)
         self.samples, self.timing = [], []

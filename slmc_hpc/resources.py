@@ -1,7 +1,8 @@
 """What a job will need: memory per rank and disk for its files, checked before anything is allocated.
 
-Rough upper estimates from the configuration alone (the big terms: dense `2N × 2N` complex matrices,
-the transformer's `N × N` attention, training data, buffered samples), so that `lx: 2000` or
+Rough upper estimates from the configuration alone (the big terms come from the system: for spins the
+dense `2N × 2N` complex matrices and the transformer's `N × N` attention; then training data and
+buffered samples, from the sizes the system declares), so that `lx: 2000` or
 `chains_per_rank: 100000000` end with one message naming both numbers instead of an allocation failure
 minutes later, or a node swapping. They are meant to be generous by a small factor, never by orders of
 magnitude, so a job that fits is never refused.
@@ -9,6 +10,7 @@ magnitude, so a job that fits is never refused.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +21,6 @@ from slmc_hpc.recorder import FLUSH_MEASUREMENTS
 
 GiB = 1024**3
 BASELINE_BYTES = 400 * 1024**2  # python, numpy, torch and MPI of one rank
-N_SCALARS = 8  # scalar observables + acceptance per measurement
 N_TIMINGS = 4
 RNG_BYTES = 600  # one chain's PCG64 state as JSON text
 
@@ -28,9 +29,14 @@ def _fmt(n: float) -> str:
     return f"{n / GiB:.3g} GiB" if n >= 0.1 * GiB else f"{n / 1024**2:.3g} MiB"
 
 
+def _sample_doubles(config: Config) -> int:
+    """Doubles one measurement records per chain: every observable's values, and the acceptance."""
+    return 1 + sum(int(math.prod(o.shape)) for o in config.system.observables(config))
+
+
 def training_samples_per_rank(config: Config) -> int:
     """Configurations a rank keeps for training (0 when there is no training)."""
-    if config.sampler.kind != "slmc" or config.effective.load is not None:
+    if not config.system.learns(config):
         return 0
     t = config.training
     rounds = t.rounds + t.linear_rounds
@@ -39,39 +45,23 @@ def training_samples_per_rank(config: Config) -> int:
 
 
 def memory_terms(config: Config) -> dict[str, float]:
-    """Bytes per rank, by what needs them."""
-    n_sites = config.model.lx * config.model.ly
-    n_orbitals = 2 * n_sites
+    """Bytes per rank, by what needs them: the system's big arrays, buffered samples, training data."""
     batch = config.sampler.chains_per_rank
-    matrix = 16.0 * n_orbitals**2
-    kind = config.evaluator.kind
-    terms = {"baseline": float(BASELINE_BYTES)}
-    if kind == "slepc":
-        terms["distributed h(S)"] = 3 * matrix / config.evaluator.ranks_per_config + matrix  # + the hopping matrix
-    else:  # dense (and the host side of cupy): the batch of h(S), the hopping matrix, LAPACK's copy and work
-        terms["dense h(S) matrices"] = 1.25 * (batch + 4) * matrix  # measured: lx=2000, ly=4 needs > 23 GiB
-    terms["spins and eigenvalues"] = 8.0 * batch * (4 * 3 * n_sites + 3 * n_orbitals)
-    terms["sample buffer"] = 8.0 * FLUSH_MEASUREMENTS * batch * (n_sites + N_SCALARS)
-    samples = training_samples_per_rank(config)
-    terms["training data"] = 2 * 8.0 * samples * (3 * n_sites + 1)
-    if config.sampler.kind == "slmc" and config.effective.kind == "transformer":
-        e = config.effective
-        attention = 8.0 * n_sites**2
-        training_batch = config.training.batch_size if samples else 0
-        per_layer = 3 * batch + 6 * training_batch
-        dense_tables = sum(int(v) for v in (e.n_att, e.n_J) if isinstance(v, int))  # `auto` read-outs are sparse
-        terms["transformer attention"] = attention * (1 + dense_tables + int(e.n_layers) * per_layer)
+    terms = {"baseline": float(BASELINE_BYTES), **config.system.memory_terms(config)}
+    terms["sample buffer"] = 8.0 * FLUSH_MEASUREMENTS * batch * _sample_doubles(config)
+    terms["training data"] = 2 * training_samples_per_rank(config) * config.system.configuration_bytes(config)
     return terms
 
 
 def output_bytes(config: Config, n_chains: int, mpi_size: int) -> dict[str, float]:
     """Bytes of run.h5 and of the checkpoint (written next to the previous one) when the run is done."""
-    n_sites = config.model.lx * config.model.ly
     m = config.sampler.measurements
-    chunk_slack = 2 * 65536.0 * (N_SCALARS + 1 + N_TIMINGS) * mpi_size  # partly filled chunks
-    run = 8.0 * m * (n_chains * (N_SCALARS + n_sites) + mpi_size * N_TIMINGS) + chunk_slack + 1024**2
-    chains = n_chains * (8.0 * (3 * n_sites + 2 * n_sites + 2) + RNG_BYTES)
-    training = mpi_size * 8.0 * training_samples_per_rank(config) * (3 * n_sites + 1)
+    per_chain = _sample_doubles(config)
+    n_datasets = 1 + len(config.system.observables(config))
+    chunk_slack = 2 * 65536.0 * (n_datasets + N_TIMINGS) * mpi_size  # partly filled chunks
+    run = 8.0 * m * (n_chains * per_chain + mpi_size * N_TIMINGS) + chunk_slack + 1024**2
+    chains = n_chains * (config.system.state_bytes(config) + RNG_BYTES)
+    training = mpi_size * training_samples_per_rank(config) * config.system.configuration_bytes(config)
     return {"run.h5": run, "checkpoint.h5 (twice while it is replaced)": 2 * (chains + training) + 1024**2}
 
 
@@ -111,7 +101,7 @@ def check_memory(config: Config, ranks_on_node: int) -> None:
     largest = ", ".join(f"{name} {_fmt(value)}" for name, value in sorted(terms.items(), key=lambda kv: -kv[1])[:3])
     raise InputError(
         f"this job needs about {_fmt(needed)} of memory on this node ({ranks_on_node} ranks x {_fmt(per_rank)}: "
-        f"{largest}), but only {_fmt(available)} is available; reduce model.lx/ly or sampler.chains_per_rank, "
+        f"{largest}), but only {_fmt(available)} is available; reduce the lattice or sampler.chains_per_rank, "
         "or use fewer ranks per node"
     )
 

@@ -1,7 +1,8 @@
 """`run.h5`, written collectively by all ranks over MPI-IO and readable by anyone while it grows.
 
-Layout (CONTRIBUTING.md, format_version 1): root attrs; `/samples/<obs>` [n_chains, n_measurements]
-(`sq`: [n_chains, n_measurements, ly, lx]); `/timing/<kind>` [mpi_size, n_measurements];
+Layout (CONTRIBUTING.md, format_version 1): root attrs; `/samples/<obs>` [n_chains, n_measurements, *shape]
+for every observable the system declares (`Observable.shape`: () for a number, (ly, lx) for S(q)) and
+`/samples/acceptance`; `/timing/<kind>` [mpi_size, n_measurements];
 `/training/<name>` [length]; `/model` (written by `slmc_hpc.io.model`). Every metadata operation
 (create, resize, attribute) is collective, so every rank calls every method here with the same
 arguments. Every dataset carries HDF5's Fletcher-32 checksums (`slmc_hpc.io.integrity`), so parallel HDF5
@@ -23,12 +24,13 @@ import h5py
 import numpy as np
 
 from slmc_hpc.errors import InputError
+from slmc_hpc.core.protocols import Observable
 from slmc_hpc.io.integrity import create_dataset, verify_file, write_part
 from slmc_hpc.parallel import barrier, broadcast, comm_size, mpi_library_version, on_root
-from slmc_hpc.physics import SCALAR_OBSERVABLES
 
 FORMAT_VERSION = 1
-SAMPLE_NAMES = (*SCALAR_OBSERVABLES, "acceptance")
+#: Recorded for every run, whatever its system: the fraction of accepted proposals per measurement window.
+ACCEPTANCE = Observable("acceptance", "acceptance")
 TIMING_NAMES = ("inner", "exact", "measure", "io")
 TRAINING_NAMES = ("loss", "round_acceptance", "round_samples", "round_loss")
 _CHUNK_BYTES = 1 << 16
@@ -36,15 +38,19 @@ _CHUNK_BYTES = 1 << 16
 
 @dataclass(frozen=True)
 class Layout:
-    """Who writes which rows: `rows` are this rank's global chains, or None (a slepc non-leader)."""
+    """What run.h5 holds and who writes which rows: `rows` are this rank's global chains, or None (a rank
+    that shares its chains' evaluation with a group leader, which writes them)."""
 
     n_chains: int
     chains_per_writer: int
-    lx: int
-    ly: int
+    observables: tuple[Observable, ...]  # the system's, without `acceptance`
     mpi_size: int
     rank: int
     rows: range | None
+
+    @property
+    def samples(self) -> tuple[Observable, ...]:
+        return (*self.observables, ACCEPTANCE)
 
 
 def require_parallel_hdf5(n_ranks: int) -> None:
@@ -91,26 +97,18 @@ class RunFile:
             f.attrs[key] = value
         samples = f.create_group("samples")
         samples.attrs["n_measurements"] = 0
-        rows, site_shape = layout.chains_per_writer, (layout.ly, layout.lx)
-        for name in SAMPLE_NAMES:
+        rows = layout.chains_per_writer
+        for observable in layout.samples:
+            shape = tuple(observable.shape)
             create_dataset(
                 samples,
-                name,
-                shape=(layout.n_chains, 0),
-                maxshape=(layout.n_chains, None),
-                chunks=(rows, _chunk_length(8 * rows)),
+                observable.name,
+                shape=(layout.n_chains, 0, *shape),
+                maxshape=(layout.n_chains, None, *shape),
+                chunks=(rows, _chunk_length(8 * rows * int(np.prod(shape, dtype=np.int64))), *shape),
                 dtype="f8",
                 fillvalue=np.nan,
             )
-        create_dataset(
-            samples,
-            "sq",
-            shape=(layout.n_chains, 0, *site_shape),
-            maxshape=(layout.n_chains, None, *site_shape),
-            chunks=(rows, _chunk_length(8 * rows * layout.lx * layout.ly), *site_shape),
-            dtype="f8",
-            fillvalue=np.nan,
-        )
         timing = f.create_group("timing")
         timing.attrs["unit"] = "s"
         for name in TIMING_NAMES:
@@ -137,8 +135,8 @@ class RunFile:
         if problem:
             f.close()
             raise InputError(f"{path}: {problem}; move it away or start a new run directory")
-        for name in (*SAMPLE_NAMES, "sq"):
-            f["samples"][name].resize(position, axis=1)
+        for observable in layout.samples:
+            f["samples"][observable.name].resize(position, axis=1)
         for name in TIMING_NAMES:
             f["timing"][name].resize((layout.mpi_size, position))
         f["samples"].attrs["n_measurements"] = position
@@ -149,9 +147,10 @@ class RunFile:
         f = self.file
         if f.attrs.get("format_version") != FORMAT_VERSION:
             return f"not a run file of format_version {FORMAT_VERSION}"
-        if "samples" not in f or any(name not in f["samples"] for name in (*SAMPLE_NAMES, "sq")):
-            return "not a complete run file (no /samples datasets)"
-        chains, columns = f["samples"]["omega"].shape
+        names = [observable.name for observable in self.layout.samples]
+        if "samples" not in f or any(name not in f["samples"] for name in names):
+            return "not a complete run file of this system (no /samples datasets of its observables)"
+        chains, columns = f["samples"]["acceptance"].shape
         if chains != self.layout.n_chains:
             return f"it holds {chains} chains, this run has {self.layout.n_chains}"
         if columns < position:
@@ -180,13 +179,14 @@ class RunFile:
     def append(self, samples: dict[str, np.ndarray] | None, timing: dict[str, np.ndarray], count: int) -> None:
         """Add `count` measurement columns: this rank's rows of every sample, its row of every timing.
 
-        `samples[name]` is [B, count] ([B, count, ly, lx] for `sq`); None for a rank without rows.
+        `samples[name]` is [B, count, *shape]; None for a rank without rows.
         """
         if count == 0:
             return
         start, stop = self.position, self.position + count
         group, lay = self.file["samples"], self.layout
-        for name in (*SAMPLE_NAMES, "sq"):
+        for observable in lay.samples:
+            name = observable.name
             group[name].resize(stop, axis=1)
             rows = None if lay.rows is None else np.s_[lay.rows.start : lay.rows.stop, start:stop]
             write_part(group[name], rows, None if rows is None else samples[name])

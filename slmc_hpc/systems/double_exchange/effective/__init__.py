@@ -7,35 +7,13 @@ rows of the batch (bitwise), so that chain histories do not depend on the number
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
-from slmc_hpc.lattice import Lattice
+from slmc_hpc.core.protocols import EffectiveModel
+from slmc_hpc.io.model import StoredModel
+from slmc_hpc.systems.double_exchange.lattice import Lattice
 
 KINDS = ("linear", "transformer")
-
-
-class EffectiveModel(Protocol):
-    """H_eff(S) for a batch of spin configurations [B, N, 3] (float64 at every boundary)."""
-
-    kind: str
-
-    def energy(self, spins: np.ndarray) -> np.ndarray:
-        """H_eff per configuration [B]."""
-        ...
-
-    def delta_energy(
-        self, spins: np.ndarray, sites: np.ndarray, new_spins: np.ndarray, energy: np.ndarray | None = None
-    ) -> np.ndarray:
-        """energy(after) - energy(before) [B] for spins[b, sites[b]] -> new_spins[b]; `energy` = current H_eff."""
-        ...
-
-    def parameters(self) -> dict[str, np.ndarray]: ...
-
-    def set_parameters(self, parameters: dict[str, np.ndarray]) -> None: ...
-
-    def n_parameters(self) -> int: ...
 
 
 def readout_shells(n_J: int | str, lattice: Lattice) -> int:
@@ -49,16 +27,16 @@ def make_effective(effective_config, lattice: Lattice) -> EffectiveModel:
     """Build the model named in `effective.kind` from an object with kind, n_J, n_layers, n_att.
 
     Only the architecture is built here (untrained: zero couplings, H_eff = 0); `effective.load`
-    and `effective.init` are the driver's business (`slmc_hpc.io.model.read_model`, `transfer`).
+    and `effective.init` rebuild a stored one (`rebuild`, `transfer`, `starting`).
     """
     kind = effective_config.kind
     n_J = readout_shells(effective_config.n_J, lattice)
     if kind == "linear":
-        from slmc_hpc.effective.linear import LinearModel
+        from slmc_hpc.systems.double_exchange.effective.linear import LinearModel
 
         return LinearModel(lattice, n_J=n_J)
     if kind == "transformer":
-        from slmc_hpc.effective.transformer import TransformerModel
+        from slmc_hpc.systems.double_exchange.effective.transformer import TransformerModel
 
         return TransformerModel(
             lattice, n_J=n_J, n_layers=int(effective_config.n_layers), n_att=int(effective_config.n_att)
@@ -66,7 +44,7 @@ def make_effective(effective_config, lattice: Lattice) -> EffectiveModel:
     raise ValueError(f"unknown effective model kind {kind!r}; expected one of {KINDS}")
 
 
-def check_architecture(stored, effective_config, source: str, allow_other_n_J: bool = False) -> None:
+def check_architecture(stored: EffectiveModel, effective_config, source: str, allow_other_n_J: bool = False) -> None:
     """Refuse a stored model that is not what the job's `effective` section asks for, naming the key.
 
     An explicit `n_J` must match unless the read-out is refitted anyway (`allow_other_n_J`, size
@@ -80,7 +58,7 @@ def check_architecture(stored, effective_config, source: str, allow_other_n_J: b
     if effective_config.n_J != "auto" and not allow_other_n_J:
         wanted["n_J"] = int(effective_config.n_J)
     for key, value in wanted.items():
-        found = getattr(stored, key, None)
+        found = stored.architecture().get(key)
         if found != value:
             raise InputError(
                 f"effective.{key}: the job asks for {value}, but the model in {source} has {found}; "
@@ -107,5 +85,48 @@ def transfer(stored, lattice: Lattice, effective_config, stored_sites: int) -> E
         values[: min(len(old), model.n_J)] = old[: model.n_J]
         parameters[name] = values
     parameters["e0"] = np.asarray(stored.parameters()["e0"], dtype=np.float64) * lattice.n_sites / stored_sites
+    model.set_parameters(parameters)
+    return model
+
+
+def stored_lattice(stored: StoredModel) -> Lattice:
+    """The lattice a stored model was trained on (attrs `lx`, `ly`; older files: the run's config)."""
+    if "lx" in stored.attrs:
+        return Lattice(int(stored.attrs["lx"]), int(stored.attrs["ly"]))
+    from ruamel.yaml import YAML
+
+    model = YAML(typ="safe", pure=True).load(stored.config_yaml)["model"]
+    return Lattice(int(model["lx"]), int(model["ly"]))
+
+
+def rebuild(stored: StoredModel, lattice: Lattice) -> EffectiveModel:
+    """The stored model on `lattice` (its parameters are per shell, so any lattice will do).
+
+    Every parameter of the architecture must be there with its shape; the transformer's optional ones
+    (the proposal, stored once it was fitted; the biquadratic read-out, absent from older files) may not.
+    """
+    from types import SimpleNamespace
+
+    from slmc_hpc.errors import InputError
+
+    attrs = stored.attrs
+    architecture = SimpleNamespace(
+        kind=str(attrs["kind"]), n_J=int(attrs["n_J"]), n_layers=int(attrs.get("n_layers", 0)),
+        n_att=int(attrs.get("n_att", 0)),
+    )
+    if architecture.kind not in KINDS:
+        raise InputError(f"{stored.source}:/model holds a {architecture.kind} model, not one of {', '.join(KINDS)}")
+    model = make_effective(architecture, lattice)
+    optional = model.OPTIONAL_PARAMETERS
+    parameters = {}
+    for name, value in model.parameters().items():
+        found = stored.parameters.get(name)
+        if found is None and name in optional:
+            continue
+        if found is None or found.shape != value.shape:
+            shape = "nothing" if found is None else found.shape
+            raise InputError(f"{stored.source}:/model/{name}: expected a parameter of shape {value.shape}, found {shape}")
+        parameters[name] = found
+    parameters.update({name: stored.parameters[name] for name in optional if name in stored.parameters})
     model.set_parameters(parameters)
     return model

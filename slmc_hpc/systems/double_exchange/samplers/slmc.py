@@ -1,9 +1,10 @@
-"""Self-learning Monte Carlo, cumulative update (DESIGN §2).
+"""Self-learning Monte Carlo, cumulative update: the inner chain under H_eff as an update of the outer test.
 
-An inner chain under H_eff moves C to C'; the outer test accepts C' with
+An inner chain under H_eff moves C to C'; the update returns C' with the correction
+c = (H_eff(C') - H_eff(C))/T, so the framework's outer test accepts it with
 min(1, exp(-[(Ω(C') - H_eff(C')) - (Ω(C) - H_eff(C))]/T)). Exact for any deterministic H_eff whose
 parameters stay fixed, because the inner chain satisfies detailed balance for exp(-H_eff/T) and the
-outer test evaluates the very same float64 H_eff function at both ends.
+correction evaluates the very same float64 H_eff function at both ends.
 
 The inner chain is `inner_sweeps * N` single-site proposals, run in one of three ways:
 
@@ -23,27 +24,37 @@ import time
 
 import numpy as np
 
-from slmc_hpc.samplers.chains import ChainState, StepInfo, draw_proposals, metropolis
+from slmc_hpc.core.chains import ChainState, OuterChain, Proposal, metropolis
+from slmc_hpc.core.protocols import CompiledChain, NestedProposal
+from slmc_hpc.systems.double_exchange.samplers.exact import draw_proposals
 
 
-class SLMCSampler:
-    """One outer step: an inner chain of `inner_sweeps * N` proposals, one exact evaluation per chain."""
+def inner_mode(effective, inner_block: int) -> str:
+    """'compiled', 'nested' or 'plain' (see the module docstring)."""
+    if isinstance(effective, CompiledChain):
+        return "compiled"
+    if inner_block > 0 and isinstance(effective, NestedProposal) and effective.proposal is not None:
+        return "nested"
+    return "plain"
 
-    def __init__(self, evaluator, effective, inner_sweeps: int = 1, inner_block: int = 0):
-        self.evaluator = evaluator
+
+def slmc_chain(action, effective, inner_sweeps: int = 1, inner_block: int = 0) -> OuterChain:
+    """SLMC: the inner chain's update followed by the framework's exact test."""
+    return OuterChain(action, SLMCUpdate(action.model, effective, inner_sweeps, inner_block))
+
+
+class SLMCUpdate:
+    """An inner chain of `inner_sweeps * N` proposals under H_eff from each chain's configuration."""
+
+    def __init__(self, model, effective, inner_sweeps: int = 1, inner_block: int = 0):
         self.effective = effective
-        self.model = evaluator.model
+        self.model = model
         self.inner_sweeps = int(inner_sweeps)
         self.inner_block = int(inner_block)
 
     @property
     def mode(self) -> str:
-        """'compiled', 'nested' or 'plain' (see the module docstring)."""
-        if hasattr(self.effective, "metropolis_chain"):
-            return "compiled"
-        if self.inner_block > 0 and getattr(self.effective, "proposal", None) is not None:
-            return "nested"
-        return "plain"
+        return inner_mode(self.effective, self.inner_block)
 
     def n_blocks(self, n_moves: int) -> int:
         """Sub-chains per outer step in nested mode (the last one may be shorter), else 0."""
@@ -89,7 +100,9 @@ class SLMCSampler:
             blocks_accepted += accept
         return kept / n_moves, blocks_accepted / block_uniforms.shape[1]
 
-    def step(self, state: ChainState) -> StepInfo:
+    def propose(self, state: ChainState) -> Proposal:
+        """Draws, per chain in this order: sites, directions, uniforms of the inner moves, the sub-chains'
+        uniforms (nested), the outer test's uniform; then runs the inner chain on a copy."""
         mode, n = self.mode, self.inner_sweeps * self.model.n_sites
         sites, dirs, uniforms = draw_proposals(state.rngs, self.model.n_sites, n)
         n_blocks = self.n_blocks(n)
@@ -97,8 +110,8 @@ class SLMCSampler:
         outer_uniforms = np.array([rng.random() for rng in state.rngs])
 
         start = time.perf_counter()
-        heff_before = self.effective.energy(state.spins)
-        proposal = state.spins.copy()
+        heff_before = self.effective.energy(state.config)
+        proposal = state.config.copy()
         block_acceptance = None
         # H_eff at both ends is a full evaluation of the same function: the outer test must not rely
         # on accumulated differences (the nested chain evaluates every accepted sub-chain end in full).
@@ -114,18 +127,13 @@ class SLMCSampler:
             inner_acceptance = self.inner_chain(proposal, heff_before.copy(), sites, dirs, uniforms)
             heff_after = self.effective.energy(proposal)
         inner_done = time.perf_counter()
-
-        omega, eigenvalues = self.evaluator.omega(proposal)
-        log_ratio = -((omega - heff_after) - (state.omega - heff_before)) / self.model.T
-        accept = metropolis(log_ratio, outer_uniforms)
-        state.spins[accept] = proposal[accept]
-        state.omega[accept] = omega[accept]
-        state.eigenvalues[accept] = eigenvalues[accept]
-        return StepInfo(
-            accepted=accept.astype(np.float64),
-            proposed_spins=proposal,
-            proposed_omega=np.asarray(omega, dtype=np.float64),
-            timings={"inner": inner_done - start, "exact": time.perf_counter() - inner_done},
-            inner_acceptance=inner_acceptance,
-            block_acceptance=block_acceptance,
+        extras = {"inner_acceptance": inner_acceptance}
+        if block_acceptance is not None:
+            extras["block_acceptance"] = block_acceptance
+        return Proposal(
+            config=proposal,
+            correction=(heff_after - heff_before) / self.model.T,
+            uniforms=outer_uniforms,
+            timings={"inner": inner_done - start},
+            extras=extras,
         )

@@ -1,6 +1,10 @@
-"""Training H_eff on exactly evaluated configurations, across MPI ranks (DESIGN §3).
+"""The self-learning loop: H_eff trained on exactly evaluated configurations, across MPI ranks, for any system.
 
-Every rank keeps its own data. The linear fit sums the normal equations over ranks; gradient
+Data are configurations with their exact `target` (Ω for spins, S for the gauge theory); the loss is the
+mean of ((target - H_eff)/scale)², `scale` the system's (`LearningPlan.loss_scale`: N for spins). What a
+round samples with and what counts as a trivial model come from the system's `LearningPlan`; a model's
+optional abilities (`LinearReadout`, `Trainable`, `NestedProposal`, `Chunked`) decide what the loop does
+with it. Every rank keeps its own data. The linear fit sums the normal equations over ranks; gradient
 training sums the gradients of the *sum* of squared errors and the sample counts over ranks, so a
 step equals a step on the union of all ranks' minibatches, and every rank applies the same step.
 Rank 0's parameters are broadcast after every `train` call, so the ranks can never drift apart.
@@ -18,26 +22,26 @@ import numpy as np
 import torch
 
 from slmc_hpc import parallel
+from slmc_hpc.core.protocols import Chunked, EffectiveModel, LearningPlan, LinearReadout, NestedProposal, Trainable
 from slmc_hpc.errors import TrainingError
 
-#: spawn_key tags of the minibatch streams and of the proposal refit on a new lattice (chain streams
-#: use spawn_key=(chain,), a 1-tuple, so these 2- and 3-tuples never collide with them).
+#: spawn_key tag of the minibatch streams (chain streams use spawn_key=(chain,), a 1-tuple, so these
+#: 3-tuples never collide with them).
 MINIBATCH_STREAM = 0x5452
-PROPOSAL_STREAM = 0x5052
 
 
-def fit_linear(model, spins: np.ndarray, omega: np.ndarray, comm=None, features: np.ndarray | None = None) -> float:
-    """Least-squares fit of E_0 and J_n (the read-out; for the transformer also K_n) to Ω; returns the global loss.
+def fit_linear(
+    model, configs: np.ndarray, targets: np.ndarray, comm=None, features: np.ndarray | None = None, *, scale: float
+) -> float:
+    """Least-squares fit of a `LinearReadout` model's read-out to the targets; returns the global loss.
 
-    Features are [1, -Σ_<ij>_1 S·S, ...] of `model.features` (the effective spins of a transformer,
-    which are the bare spins while W^V = 0, and their biquadratic columns Σ_<ij>_n (S·S)²); pass
-    them as `features` where they are already known (`FeatureCache`). The loss is the mean of
-    ((Ω - H_eff)/N)², with H_eff = features @ coefficients (no second pass over the data).
+    Pass the features as `features` where they are already known (`FeatureCache`). The loss is the mean
+    of ((target - H_eff)/scale)², with H_eff = features @ coefficients (no second pass over the data).
     """
     if features is None:
-        features = model.features(spins) if len(omega) else np.zeros((0, model.n_readout))
-    prediction = features @ fit_readout(model, features, omega, comm)
-    return readout_error(prediction, omega, model.lattice.n_sites, comm)
+        features = model.features(configs) if len(targets) else np.zeros((0, model.n_readout))
+    prediction = features @ fit_readout(model, features, targets, comm)
+    return readout_error(prediction, targets, scale, comm)
 
 
 def fit_readout(model, features: np.ndarray, omega: np.ndarray, comm=None) -> np.ndarray:
@@ -59,26 +63,26 @@ def fit_readout(model, features: np.ndarray, omega: np.ndarray, comm=None) -> np
     return coefficients
 
 
-def readout_error(prediction: np.ndarray, omega: np.ndarray, n_sites: int, comm=None) -> float:
-    """Global mean of ((Ω - prediction)/N)² over every rank's rows (nan without any)."""
-    local = ((np.asarray(omega, dtype=np.float64) - prediction) / n_sites) ** 2 if len(omega) else np.zeros(0)
+def readout_error(prediction: np.ndarray, targets: np.ndarray, scale: float, comm=None) -> float:
+    """Global mean of ((target - prediction)/scale)² over every rank's rows (nan without any)."""
+    local = ((np.asarray(targets, dtype=np.float64) - prediction) / scale) ** 2 if len(targets) else np.zeros(0)
     total, count = parallel.allreduce_sum(comm, np.array([local.sum(), float(local.size)]))
     return float(total / count) if count else float("nan")
 
 
-def predict(model, spins: np.ndarray) -> np.ndarray:
+def predict(model, configs: np.ndarray) -> np.ndarray:
     """H_eff of a whole data set, in chunks where the model needs them ([B, N, N] per layer)."""
-    return model.energy_chunked(spins) if hasattr(model, "energy_chunked") else model.energy(spins)
+    return model.energy_chunked(configs) if isinstance(model, Chunked) else model.energy(configs)
 
 
-def mean_squared_error(model, spins: np.ndarray, omega: np.ndarray, comm=None) -> float:
-    """Global mean of ((Ω - H_eff)/N)² over every rank's data."""
-    prediction = predict(model, spins) if len(omega) else np.zeros(0)
-    return readout_error(prediction, omega, model.lattice.n_sites, comm)
+def mean_squared_error(model, configs: np.ndarray, targets: np.ndarray, comm=None, *, scale: float) -> float:
+    """Global mean of ((target - H_eff)/scale)² over every rank's data."""
+    prediction = predict(model, configs) if len(targets) else np.zeros(0)
+    return readout_error(prediction, targets, scale, comm)
 
 
 class Trainer:
-    """AdamW on MSE((Ω - H_eff)/N), data-parallel over the ranks of `comm`.
+    """AdamW on MSE((target - H_eff)/scale), data-parallel over the ranks of `comm`.
 
     Minibatches: each rank draws `batch_size` of its own samples per step (without replacement)
     from a generator seeded by (seed, rank, call counter); the counter is part of the state, so a
@@ -90,12 +94,12 @@ class Trainer:
     E_0 would only spoil it (measured: a 40x worse validation loss after 300 steps at L = 12).
     """
 
-    def __init__(self, model, training_config, n_sites: int, comm=None, seed: int = 0):
-        self.model, self.n_sites, self.comm, self.seed = model, n_sites, comm, int(seed)
+    def __init__(self, model, training_config, scale: float, comm=None, seed: int = 0):
+        self.model, self.scale, self.comm, self.seed = model, scale, comm, int(seed)
         self.rank = comm.Get_rank() if comm is not None else 0
         self.batch_size = int(training_config.batch_size)
         self.module = model.torch_module()
-        trained = getattr(model, "GRADIENT_PARAMETERS", None)
+        trained = model.GRADIENT_PARAMETERS if isinstance(model, Trainable) else None
         self.named = [(name, p) for name, p in self.module.named_parameters() if trained is None or name in trained]
         for name, p in self.module.named_parameters():
             p.requires_grad_(trained is None or name in trained)
@@ -132,7 +136,7 @@ class Trainer:
         if len(omega):
             dtype = next(module.parameters()).dtype
             prediction = module(torch.from_numpy(np.ascontiguousarray(spins)).to(dtype)).to(torch.float64)
-            residual = (torch.from_numpy(np.asarray(omega, dtype=np.float64)) - prediction) / self.n_sites
+            residual = (torch.from_numpy(np.asarray(omega, dtype=np.float64)) - prediction) / self.scale
             sse = (residual * residual).sum()
             sse.backward()
             sse_value = sse.item()
@@ -220,7 +224,8 @@ class Trainer:
                 losses.append(self._step(rng, *train))
                 if (k + 1) % every and k + 1 < steps:
                     continue
-            loss = float(parallel.broadcast(self.comm, mean_squared_error(self.model, *validation, self.comm)))
+            error = mean_squared_error(self.model, *validation, self.comm, scale=self.scale)
+            loss = float(parallel.broadcast(self.comm, error))
             validation_losses.append(loss)
             if not np.isfinite(loss):  # no validation data (validation_fraction 0): train every step
                 continue
@@ -306,17 +311,17 @@ class Trainer:
 
 
 class TrainingData:
-    """This rank's exactly evaluated configurations (spins, Ω), at most `max_samples` (oldest dropped).
+    """This rank's exactly evaluated configurations and their targets, at most `max_samples` (oldest dropped).
 
     Appends are O(batch) (chunks are joined lazily, once per `arrays()` after new data), because
-    the SLMC loop appends after every outer step. The oldest `unfitted` samples are kept but left
-    out of `fitted()` (the bootstrap's uniform configurations, see SelfLearning).
+    the loop appends after every outer step. The oldest `unfitted` samples are kept but left out of
+    `fitted()` (the bootstrap's configurations, see SelfLearning).
     """
 
-    def __init__(self, n_sites: int, max_samples: int | None = None):
-        self.n_sites, self.max_samples = n_sites, max_samples
-        self._spins: list[np.ndarray] = []
-        self._omega: list[np.ndarray] = []
+    def __init__(self, config_shape: tuple[int, ...], max_samples: int | None = None, dtype=np.float64):
+        self.config_shape, self.max_samples, self.dtype = tuple(config_shape), max_samples, np.dtype(dtype)
+        self._configs: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
         self._count = 0
         self.unfitted = 0
         #: One past the number of the newest row: rows are numbered in the order they were appended (in
@@ -326,54 +331,59 @@ class TrainingData:
     def __len__(self) -> int:
         return self._count
 
-    def append(self, spins: np.ndarray, omega: np.ndarray) -> None:
-        omega = np.array(omega, dtype=np.float64).reshape(-1)
-        self._spins.append(np.array(spins, dtype=np.float64).reshape(len(omega), self.n_sites, 3))
-        self._omega.append(omega)
-        self._count += len(omega)
-        self.end_row += len(omega)
+    def append(self, configs: np.ndarray, targets: np.ndarray) -> None:
+        targets = np.array(targets, dtype=np.float64).reshape(-1)
+        self._configs.append(np.array(configs, dtype=self.dtype).reshape(len(targets), *self.config_shape))
+        self._targets.append(targets)
+        self._count += len(targets)
+        self.end_row += len(targets)
         excess = self._count - self.max_samples if self.max_samples is not None else 0
         while excess > 0:
-            drop = min(excess, len(self._omega[0]))
-            self._spins[0], self._omega[0] = self._spins[0][drop:], self._omega[0][drop:]
-            if not len(self._omega[0]):
-                del self._spins[0], self._omega[0]
+            drop = min(excess, len(self._targets[0]))
+            self._configs[0], self._targets[0] = self._configs[0][drop:], self._targets[0][drop:]
+            if not len(self._targets[0]):
+                del self._configs[0], self._targets[0]
             self._count -= drop
             self.unfitted = max(0, self.unfitted - drop)
             excess -= drop
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All samples, oldest first: spins [M, N, 3] and Ω [M]."""
-        if len(self._omega) != 1:
-            spins = np.concatenate(self._spins) if self._spins else np.zeros((0, self.n_sites, 3))
-            omega = np.concatenate(self._omega) if self._omega else np.zeros(0)
-            self._spins, self._omega = [spins], [omega]
-        return self._spins[0], self._omega[0]
+        """All samples, oldest first: configurations [M, ...] and targets [M]."""
+        if len(self._targets) != 1:
+            empty = np.zeros((0, *self.config_shape), dtype=self.dtype)
+            configs = np.concatenate(self._configs) if self._configs else empty
+            targets = np.concatenate(self._targets) if self._targets else np.zeros(0)
+            self._configs, self._targets = [configs], [targets]
+        return self._configs[0], self._targets[0]
 
     def fitted(self) -> tuple[np.ndarray, np.ndarray]:
         """The samples that fits and training use: all but the oldest `unfitted` (all, if nothing else is left)."""
-        spins, omega = self.arrays()
-        skip = self.unfitted if self.unfitted < len(omega) else 0
-        return spins[skip:], omega[skip:]
+        configs, targets = self.arrays()
+        skip = self.unfitted if self.unfitted < len(targets) else 0
+        return configs[skip:], targets[skip:]
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        spins, omega = self.arrays()
-        return {"spins": spins.copy(), "omega": omega.copy(), "unfitted": np.array(self.unfitted)}
+        configs, targets = self.arrays()
+        return {"configs": configs.copy(), "targets": targets.copy(), "unfitted": np.array(self.unfitted)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self._spins, self._omega, self._count = [], [], 0
+        self._configs, self._targets, self._count = [], [], 0
         self.unfitted = int(state.get("unfitted", 0))  # checkpoints before the bootstrap cut fit everything
-        self.append(state["spins"], state["omega"])  # (a smaller max_samples drops the oldest, the cut moves)
+        # Checkpoints written before there were systems name the data spins and omega.
+        configs = state["configs"] if "configs" in state else state["spins"]
+        targets = state["targets"] if "targets" in state else state["omega"]
+        self.append(configs, targets)  # (a smaller max_samples drops the oldest, the cut moves)
 
 
-#: Parameters that set the read-out's coefficients rather than its features (and the proposal's, a sampling aid).
-READOUT_PARAMETERS = ("e0", "couplings", "biquadratic")
+#: Parameters of a `NestedProposal`'s proposal model are stored with this prefix (a sampling aid, not H_eff).
+PROPOSAL_PREFIX = "proposal_"
 
 
 def feature_key(model) -> bytes:
-    """The parameters a model's read-out features depend on (the transformer's attention; none for a linear model)."""
+    """The parameters a `LinearReadout` model's features depend on: all but its read-out's and its proposal's."""
     parameters = model.parameters()
-    names = sorted(n for n in parameters if n not in READOUT_PARAMETERS and not n.startswith("proposal_"))
+    readout = set(model.READOUT_PARAMETERS)
+    names = sorted(n for n in parameters if n not in readout and not n.startswith(PROPOSAL_PREFIX))
     return b"".join(np.ascontiguousarray(parameters[n], dtype=np.float64).tobytes() for n in names)
 
 
@@ -395,15 +405,15 @@ class FeatureCache:
         self._features = np.zeros((0, model.n_readout))
 
     def fitted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`data.fitted()` with the model's features of those rows: spins [M, N, 3], Ω [M], features [M, k]."""
-        spins, omega = self.data.fitted()
-        first, key = self.data.end_row - len(omega), feature_key(self.model)
+        """`data.fitted()` with the model's features of those rows: configurations [M, ...], targets [M], features [M, k]."""
+        configs, targets = self.data.fitted()
+        first, key = self.data.end_row - len(targets), feature_key(self.model)
         # Rows numbered from `first` on that the cache holds (none past its end, none under another key).
         reusable = key == self._key and first >= self._first
         known = self._features[first - self._first :] if reusable else self._features[:0]
-        fresh = self.model.features(spins[len(known) :]) if len(omega) > len(known) else self._features[:0]
+        fresh = self.model.features(configs[len(known) :]) if len(targets) > len(known) else self._features[:0]
         self._key, self._first, self._features = key, first, np.concatenate([known, fresh])
-        return spins, omega, self._features
+        return configs, targets, self._features
 
 
 def pack_state(state: dict[str, np.ndarray]) -> bytes:
@@ -431,75 +441,62 @@ class RoundResult:
     validation_loss: float = float("nan")
 
 
-#: Training history (DESIGN §5 `/training`): loss per optimizer step; per round the outer acceptance,
+#: Training history (`/training` of run.h5): loss per optimizer step; per round the outer acceptance,
 #: the number of stored samples (all ranks, training + validation), the loss on the training data and
 #: on the held-out validation data after the round's fit, and the optimizer steps it took.
 HISTORY = ("loss", "round_acceptance", "round_samples", "round_loss", "round_validation_loss", "round_steps")
 
-#: Inner chain of the training rounds where the sampler's is `auto` (tuned only after training):
-#: 4 sweeps decorrelate the proposals from the chain they start from; sub-chains of N/2 moves.
-TRAINING_INNER_SWEEPS = 4
-
-
-def training_inner_chain(inner_sweeps, inner_block, n_sites: int) -> tuple[int, int]:
-    """(inner sweeps, inner block) of the training rounds for the sampler's settings (`auto` allowed)."""
-    sweeps = TRAINING_INNER_SWEEPS if inner_sweeps == "auto" else int(inner_sweeps)
-    block = max(1, n_sites // 2) if inner_block == "auto" else int(inner_block)
-    return sweeps, block
-
 
 class SelfLearning:
-    """The resumable sample-then-train loop (DESIGN §3); the driver calls it between checkpoints.
+    """The resumable sample-then-train loop; the driver calls it between checkpoints.
 
     Every exactly evaluated configuration becomes data: a fixed fraction (`validation_fraction`, by a
     deterministic count) is held out for validation and never trained on, not even by the linear fits.
-    Bootstrap without exact sweeps: an untrained model is H_eff = 0, so the first round's proposals
-    are random configurations (one diagonalisation each). They give the first fit, and are then kept
-    (stored, counted) but not fitted again: uniform configurations carry no weight under exp(-Ω/T)
-    at the temperatures SLMC is for (at L = 12, T = 0.05 their Ω/N lies 4σ above the chains'), and
-    least squares spends its parameters on them. Measured at L = 12 on 1600 configurations of the
-    chains' distribution: the all-shell fit's residual rises from 0.051 to 0.063 with 480 of them,
-    which lowers the predicted outer acceptance from 0.47 to 0.38. The first `linear_rounds` rounds fit only
-    the linear read-out (for the transformer: the all-shell Heisenberg model its attention starts
-    from), each round sampling with the previous fit. Later rounds take at most `steps_per_round`
-    AdamW steps (cosine schedule, stopped on the validation loss), refit the read-out exactly, and
-    refit the proposal model of the nested inner chain to the new H_eff.
+    While the model is trivial (`LearningPlan.trivial`: for spins H_eff = 0, whose proposals are
+    uniform configurations, one exact evaluation each), its configurations give the first fit, and are
+    then kept (stored, counted) but not fitted again: configurations without weight under the exact
+    action make least squares spend its parameters on them (measured for spins at L = 12, T = 0.05:
+    480 uniform configurations among 1600 of the chains' distribution raise the all-shell fit's
+    residual from 0.051 to 0.063, and lower the predicted outer acceptance from 0.47 to 0.38). The
+    first `linear_rounds` rounds fit only the linear read-out, each round sampling with the previous
+    fit. Later rounds of a `Trainable` model take at most `steps_per_round` AdamW steps (cosine
+    schedule, stopped on the validation loss), refit the read-out exactly, and refit the proposal
+    model of a `NestedProposal`.
 
     Explicit state (`state_dict`): this rank's data, the round index, the histories and the
     trainer (rank 0's copy is the one to store; `load_state_dict` broadcasts it). No file I/O.
 
-    >>> learner = SelfLearning(effective, evaluator, config.training, comm, seed, inner_sweeps)
+    >>> learner = SelfLearning(effective, plan, config.training, comm, seed, config_shape)
     >>> learner.warmup(state, config.training.warmup_sweeps); learner.fit_initial()
     >>> for _ in range(config.training.rounds): result = learner.run_round(state)
     """
 
     def __init__(
         self,
-        effective,
-        evaluator,
+        effective: EffectiveModel,
+        plan: LearningPlan,
         training_config,
+        config_shape: tuple[int, ...],
         comm=None,
         seed: int = 0,
-        inner_sweeps: int | str = 1,
-        inner_block: int | str = 0,
+        dtype=np.float64,
     ):
-        self.effective, self.evaluator, self.config, self.comm = effective, evaluator, training_config, comm
-        n_sites = evaluator.model.n_sites
-        self.inner_sweeps, self.inner_block = training_inner_chain(inner_sweeps, inner_block, n_sites)
-        self.data = TrainingData(n_sites, getattr(training_config, "max_samples", None))
-        self.validation = TrainingData(n_sites, getattr(training_config, "max_samples", None))
-        self.validation_fraction = float(getattr(training_config, "validation_fraction", 0.0))
-        self.linear_rounds = int(getattr(training_config, "linear_rounds", 0))
+        self.effective, self.plan, self.config, self.comm = effective, plan, training_config, comm
+        self.scale = plan.loss_scale
+        self.data = TrainingData(config_shape, training_config.max_samples, dtype)
+        self.validation = TrainingData(config_shape, training_config.max_samples, dtype)
+        self.validation_fraction = float(training_config.validation_fraction)
+        self.linear_rounds = int(training_config.linear_rounds)
         self.seen = 0  # configurations this rank has split into training and validation data
         self.trainer = None
-        if effective.kind != "linear":
-            self.trainer = Trainer(effective, training_config, n_sites, comm=comm, seed=seed)
+        if isinstance(effective, Trainable):
+            self.trainer = Trainer(effective, training_config, self.scale, comm=comm, seed=seed)
         self.round = 0
         self.history: dict[str, list[float]] = {name: [] for name in HISTORY}
         # Features of the stored rows for the read-out fits and for the proposal's (computed once per row).
         self.features = FeatureCache(self.data, effective)
         self.validation_features = FeatureCache(self.validation, effective)
-        proposal = effective.new_proposal() if hasattr(effective, "new_proposal") else None
+        proposal = effective.new_proposal() if isinstance(effective, NestedProposal) else None
         self.proposal_features = FeatureCache(self.data, proposal) if proposal is not None else None
 
     def _global_mean(self, values: np.ndarray) -> float:
@@ -509,80 +506,80 @@ class SelfLearning:
     def _global_samples(self) -> int:
         return int(parallel.allreduce_sum(self.comm, np.array([float(len(self.data) + len(self.validation))]))[0])
 
-    def add(self, spins: np.ndarray, omega: np.ndarray) -> None:
+    def add(self, configs: np.ndarray, targets: np.ndarray) -> None:
         """New exactly evaluated configurations: every k-th (k = 1/validation_fraction, by this rank's
         running count, so the split survives restarts) goes to the validation data."""
-        omega = np.asarray(omega, dtype=np.float64).reshape(-1)
-        count = np.arange(self.seen, self.seen + len(omega))
+        targets = np.asarray(targets, dtype=np.float64).reshape(-1)
+        count = np.arange(self.seen, self.seen + len(targets))
         held_out = np.floor((count + 1) * self.validation_fraction) > np.floor(count * self.validation_fraction)
-        self.seen += len(omega)
-        spins = np.asarray(spins, dtype=np.float64).reshape(len(omega), -1, 3)
+        self.seen += len(targets)
+        configs = np.asarray(configs).reshape(len(targets), *self.data.config_shape)
         if held_out.any():
-            self.validation.append(spins[held_out], omega[held_out])
+            self.validation.append(configs[held_out], targets[held_out])
         if (~held_out).any():
-            self.data.append(spins[~held_out], omega[~held_out])
+            self.data.append(configs[~held_out], targets[~held_out])
 
-    def _samples_uniformly(self) -> bool:
-        """True while H_eff = 0 (no coupling fitted yet): SLMC proposals are then uniform on the spheres."""
-        return not np.any(self.effective.parameters()["couplings"])
-
-    def warmup(self, state, sweeps: int) -> float:
-        """`sweeps` exact local MC sweeps, keeping the configuration after every sweep; global acceptance."""
-        from slmc_hpc.samplers import ExactLocalSampler
-
-        sampler, accepted = ExactLocalSampler(self.evaluator), []
-        for _ in range(sweeps):
-            info = sampler.sweep(state)
-            self.add(info.proposed_spins, info.proposed_omega)
+    def warmup(self, state, steps: int) -> float:
+        """`steps` exact steps (`LearningPlan.warmup_stepper`), keeping the configuration after every step."""
+        stepper, accepted = self.plan.warmup_stepper(), []
+        for _ in range(steps):
+            info = stepper.step(state)
+            self.add(info.proposed, info.proposed_target)
             accepted.append(info.accepted)
-        return self._global_mean(np.array(accepted)) if sweeps else float("nan")
+        return self._global_mean(np.array(accepted)) if steps else float("nan")
 
     def fit_initial(self) -> float:
-        """Linear least-squares fit of E_0, J_n on all ranks' warm-up data (the transformer's read-out).
+        """Linear least-squares fit of the read-out on all ranks' warm-up data.
 
-        Without warm-up data the model stays H_eff = 0 (the first round samples random configurations).
+        Without warm-up data the model stays as it is (for spins H_eff = 0: the first round samples
+        random configurations).
         """
-        if self._global_samples() == 0:
+        if self._global_samples() == 0 or not isinstance(self.effective, LinearReadout):
             return float("nan")
         return self._refit()[1]
 
     def _refit(self) -> tuple[np.ndarray, float]:
         """Solve the read-out on the fitted data and refit the nested chain's proposal to the new H_eff
         (models that have one), from the cached features; returns (read-out coefficients, global loss)."""
-        spins, omega, features = self.features.fitted()
-        coefficients = fit_readout(self.effective, features, omega, self.comm)
+        configs, targets, features = self.features.fitted()
+        coefficients = fit_readout(self.effective, features, targets, self.comm)
         energy = features @ coefficients
         if self.proposal_features is not None:
             _, _, proposal_features = self.proposal_features.fitted()
-            self.effective.fit_proposal(spins, comm=self.comm, energy=energy, features=proposal_features)
-        return coefficients, readout_error(energy, omega, self.effective.lattice.n_sites, self.comm)
+            self.effective.fit_proposal(configs, comm=self.comm, energy=energy, features=proposal_features)
+        return coefficients, readout_error(energy, targets, self.scale, self.comm)
 
     def run_round(self, state) -> RoundResult:
-        """`outer_steps_per_round` SLMC steps under the current model, store every exactly evaluated
+        """`outer_steps_per_round` steps under the current model, store every exactly evaluated
         configuration (accepted or not), then train; the parameters change only between the steps."""
-        from slmc_hpc.samplers import SLMCSampler
-
-        sampler = SLMCSampler(self.evaluator, self.effective, self.inner_sweeps, self.inner_block)
-        uniform = self._samples_uniformly()
+        stepper = self.plan.round_stepper(self.effective)
+        trivial = self.plan.trivial(self.effective)
         accepted = []
         for _ in range(int(self.config.outer_steps_per_round)):
-            info = sampler.step(state)
-            self.add(info.proposed_spins, info.proposed_omega)
+            info = stepper.step(state)
+            self.add(info.proposed, info.proposed_target)
             accepted.append(info.accepted)
         acceptance = self._global_mean(np.array(accepted))
         losses = np.zeros(0)
         if self.trainer is not None and self.round >= self.linear_rounds:
-            # Start from the exact read-out of the current attention on all data gathered so far.
-            _, omega, features = self.features.fitted()
-            fit_readout(self.effective, features, omega, self.comm)
+            if isinstance(self.effective, LinearReadout):
+                # Start from the exact read-out of the current network on all data gathered so far.
+                _, targets, features = self.features.fitted()
+                fit_readout(self.effective, features, targets, self.comm)
             losses, _ = self.trainer.train_round(self.data.fitted(), self.validation.fitted(), self.config)
-        # The read-out is linear in E_0, J_n: solve it exactly (for the transformer: for the trained
-        # attention; this also removes the optimizer's noise on the small couplings).
-        coefficients, data_loss = self._refit()
-        _, held_out, held_out_features = self.validation_features.fitted()
-        prediction = held_out_features @ coefficients
-        validation_loss = readout_error(prediction, held_out, self.effective.lattice.n_sites, self.comm)
-        if uniform:  # the bootstrap's configurations served this first fit; later fits leave them out
+        if isinstance(self.effective, LinearReadout):
+            # The read-out is linear in its coefficients: solve it exactly (for the transformer: for the
+            # trained attention; this also removes the optimizer's noise on the small couplings).
+            coefficients, data_loss = self._refit()
+            _, held_out, held_out_features = self.validation_features.fitted()
+            prediction = held_out_features @ coefficients
+            validation_loss = readout_error(prediction, held_out, self.scale, self.comm)
+        else:
+            data_loss = mean_squared_error(self.effective, *self.data.fitted(), self.comm, scale=self.scale)
+            validation_loss = mean_squared_error(
+                self.effective, *self.validation.fitted(), self.comm, scale=self.scale
+            )
+        if trivial:  # the trivial model's configurations served this first fit; later fits leave them out
             self.data.unfitted, self.validation.unfitted = len(self.data), len(self.validation)
         n_samples = self._global_samples()
         self.round += 1
@@ -620,31 +617,3 @@ class SelfLearning:
             trainer_state = parallel.broadcast(self.comm, state.get("trainer"))
             if trainer_state is not None:
                 self.trainer.load_state_dict(trainer_state)
-
-
-def proposal_for_lattice(model, temperature: float, seed: int, configurations: int = 64, sweeps: int = 20) -> None:
-    """Refit a transferred model's proposal (nested inner chain) on this lattice without any diagonalisation.
-
-    H_eff itself gives the targets (`fit_proposal`); the configurations come from the compiled
-    Metropolis chain under the model's own linear read-out, then once more under the first fit.
-    Every rank draws the same configurations from `seed`, so every rank gets the same proposal.
-    """
-    from slmc_hpc.effective.linear import LinearModel
-    from slmc_hpc.physics import random_spins
-
-    if not hasattr(model, "fit_proposal"):
-        return
-    lattice = model.lattice
-    n = lattice.n_sites
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(PROPOSAL_STREAM, 0))))
-    chain = LinearModel(lattice, model.n_J)
-    chain.set_readout(0.0, model.parameters()["couplings"])
-    spins = np.stack([random_spins(rng, (n,)) for _ in range(configurations)])
-    for _ in range(2):
-        moves = sweeps * n
-        sites = rng.integers(0, n, (configurations, moves))
-        dirs = rng.standard_normal((configurations, moves, 3))
-        dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
-        chain.metropolis_chain(spins, sites, dirs, rng.random((configurations, moves)), temperature)
-        model.fit_proposal(spins)
-        chain = model.proposal

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slmc_hpc.lattice import Lattice
+from slmc_hpc.systems.double_exchange.lattice import Lattice
 
 
 def shell_features(spins: np.ndarray, neighbor_tables: list[np.ndarray], biquadratic: bool = False) -> np.ndarray:
@@ -40,6 +40,10 @@ class LinearModel:
     """
 
     kind = "linear"
+    #: The least-squares coefficients: everything else of the model fixes its features (none here).
+    READOUT_PARAMETERS = ("e0", "couplings", "biquadratic")
+    #: Parameters a stored model may lack (the biquadratic terms of the proposal model).
+    OPTIONAL_PARAMETERS = ("biquadratic",)
 
     def __init__(self, lattice: Lattice, n_J: int, biquadratic: bool = False):
         if n_J < 1:
@@ -109,7 +113,7 @@ class LinearModel:
 
         Returns (ΔH of the chain [B], accepted moves [B]); see `samplers.heisenberg_chain`.
         """
-        from slmc_hpc.samplers.heisenberg_chain import heisenberg_metropolis
+        from slmc_hpc.systems.double_exchange.samplers.heisenberg_chain import heisenberg_metropolis
 
         return heisenberg_metropolis(spins, sites, dirs, uniforms, self.field_tables(), temperature, start, stop)
 
@@ -129,6 +133,10 @@ class LinearModel:
 
     def n_parameters(self) -> int:
         return self.n_readout
+
+    def architecture(self) -> dict:
+        """What a stored model must match to be reused (`/model` attrs)."""
+        return {"kind": self.kind, "n_J": self.n_J, "lx": self.lattice.lx, "ly": self.lattice.ly}
 
     @property
     def n_readout(self) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from slmc_hpc.errors import ConfigError
-from slmc_hpc.physics import DoubleExchange
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange
 
 #: Environment variables that launchers set to a process's rank among the ranks of its node.
 LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")

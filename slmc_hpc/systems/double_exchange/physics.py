@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from slmc_hpc.lattice import Lattice
+from slmc_hpc.systems.double_exchange.lattice import Lattice
 
 #: Scalar observables, one value per configuration (DESIGN §1); `sq` (S(q), [..., ly, lx]) comes too.
 SCALAR_OBSERVABLES = ("omega", "m", "ms", "nn", "density", "electron_energy")

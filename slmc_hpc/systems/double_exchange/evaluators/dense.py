@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slmc_hpc.physics import DoubleExchange
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange
 
 
 class DenseEvaluator:

@@ -16,7 +16,7 @@ import scipy.sparse
 
 from slmc_hpc.errors import ConfigError
 from slmc_hpc.parallel import broadcast_array, world
-from slmc_hpc.physics import DoubleExchange
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange
 
 #: Pauli matrices σ_x, σ_y, σ_z as [3, 2, 2]: the exchange block of site i is (J/2) S_i·σ.
 PAULI = np.array([[[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128)

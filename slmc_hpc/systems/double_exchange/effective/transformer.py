@@ -31,7 +31,7 @@ import math
 import numpy as np
 import torch
 
-from slmc_hpc.lattice import Lattice
+from slmc_hpc.systems.double_exchange.lattice import Lattice
 
 #: Configurations per forward pass when H_eff is evaluated on a whole data set ([B, N, N] per layer).
 CHUNK = 256
@@ -121,9 +121,10 @@ class _TransformerModule(torch.nn.Module):
 
 
 class TransformerModel:
-    """Batched float64 transformer H_eff with the protocol of `slmc_hpc.effective`."""
+    """Batched float64 transformer H_eff with the protocol of `slmc_hpc.systems.double_exchange.effective`."""
 
     kind = "transformer"
+    READOUT_PARAMETERS = ("e0", "couplings", "biquadratic")
 
     def __init__(self, lattice: Lattice, n_J: int, n_layers: int, n_att: int):
         if n_J < 1 or n_layers < 0 or n_att < 0:
@@ -172,7 +173,7 @@ class TransformerModel:
 
     def new_proposal(self):
         """An unfitted proposal model for this lattice: Heisenberg and biquadratic terms over every distance shell."""
-        from slmc_hpc.effective.linear import LinearModel
+        from slmc_hpc.systems.double_exchange.effective.linear import LinearModel
 
         return LinearModel(self.lattice, self.lattice.n_distance_shells, biquadratic=True)
 
@@ -187,11 +188,11 @@ class TransformerModel:
         `energy` (H_eff of `spins`) and `features` (the proposal's) save their passes where the
         caller has them. Returns the global mean of ((H_eff - H_proposal)/N)².
         """
-        from slmc_hpc.effective.training import fit_linear
+        from slmc_hpc.core.learning import fit_linear
 
         proposal = self.new_proposal()
         targets = self.energy_chunked(spins) if energy is None else energy
-        loss = fit_linear(proposal, spins, targets, comm=comm, features=features)
+        loss = fit_linear(proposal, spins, targets, comm=comm, features=features, scale=self.n_sites)
         self.proposal = proposal
         return loss
 
@@ -203,7 +204,7 @@ class TransformerModel:
 
     def features(self, spins: np.ndarray) -> np.ndarray:
         """Linear-regression features of the read-out on the effective spins (for fit_linear)."""
-        from slmc_hpc.effective.linear import shell_features
+        from slmc_hpc.systems.double_exchange.effective.linear import shell_features
 
         tables = [self.lattice.neighbors(n) for n in range(1, self.n_J + 1)]
         return shell_features(self.effective_spins(spins), tables, biquadratic=True)
@@ -243,6 +244,17 @@ class TransformerModel:
     def n_parameters(self) -> int:
         """Parameters of H_eff (the network); the proposal model is a sampling aid, not counted."""
         return sum(p.numel() for p in self.module.parameters())
+
+    def architecture(self) -> dict:
+        """What a stored model must match to be reused (`/model` attrs)."""
+        return {
+            "kind": self.kind,
+            "n_J": self.n_J,
+            "n_layers": self.n_layers,
+            "n_att": self.n_att,
+            "lx": self.lattice.lx,
+            "ly": self.lattice.ly,
+        }
 
     @property
     def n_readout(self) -> int:
