@@ -136,12 +136,16 @@ def _parse_config(path: Path, config_yaml: str):
         if not isinstance(config, dict):
             raise ValueError(f"a {type(config).__name__}, not a mapping")
     except (YAMLError, ValueError) as exc:
-        raise DamagedFileError(f"{path}: root attribute config_yaml does not parse ({exc}); the file is damaged") from None
+        raise DamagedFileError(
+            f"{path}: root attribute config_yaml does not parse ({exc}); the file is damaged"
+        ) from None
     try:
         return config, config_from_dict(_without_missing_files(config), source=str(path))
     except ConfigError as exc:
-        sys.stderr.write(f"slmc-hpc: warning: {path}: its configuration is not valid for this code ({exc}); "
-                         "derived quantities and labels are left out\n")
+        sys.stderr.write(
+            f"slmc-hpc: warning: {path}: its configuration is not valid for this code ({exc}); "
+            "derived quantities and labels are left out\n"
+        )
         return config, None
 
 
@@ -244,6 +248,16 @@ def derived_quantities(samples: dict[str, np.ndarray], primary: dict, derived) -
             "jackknife_blocks": first.shape[0] * bins,
         }
     return out
+
+
+def energy_violation_check(samples: dict[str, np.ndarray]) -> dict:
+    """<exp(-dH)> of the recorded trajectories (an HMC run records `dH`): 1 within errors, or the MD is wrong.
+
+    It is exact for any reversible, area-preserving MD, whatever the step size (Creutz 1988).
+    """
+    if "dH" not in samples:
+        return {}
+    return {"exp_minus_dH": gamma_analysis(np.exp(-samples["dH"]), "exp_minus_dH")}
 
 
 # -- field observables (shape != ()) ----------------------------------------------------------------------
@@ -404,8 +418,9 @@ def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False) -> dict
     """Analyse a run (its directory or run.h5): print a table, write results.json and /results next to run.h5.
 
     csv: also results.csv (the table) and a CSV per field observable (structure_factor.csv: <S(q)> per
-    momentum); samples_csv: also the raw samples as samples.csv. Returns {observable: stats}. Nothing is written unless every dataset used was
-    read without a checksum error (a damaged file is an InputError naming the dataset).
+    momentum); samples_csv: also the raw samples as samples.csv. Returns {observable: stats}. Nothing is
+    written unless every dataset used was read without a checksum error (a damaged file is an InputError
+    naming the dataset).
     """
     path = run_file(run)
     out_dir = path.parent
@@ -422,6 +437,7 @@ def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False) -> dict
     n_chains = next(iter(samples.values())).shape[0]
     finite = finite_samples(samples, path)
     results = {name: gamma_analysis(chains, name) for name, chains in finite.items()}
+    results.update(energy_violation_check(finite))
     run_config = info["run_config"]
     if run_config is not None:
         results.update(derived_quantities(finite, results, run_config.system.derived(run_config)))

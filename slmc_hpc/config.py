@@ -269,7 +269,9 @@ def _merge(data: Any, source: str) -> tuple[str, dict[str, Any]]:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(defaults())}), {got(data)}")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections ({', '.join(defaults())}), {got(data)}"
+        )
     kind = _kind(data) if isinstance(data.get("model", {}), Mapping) else DEFAULT_KIND
     merged = defaults(kind)
     for key, value in data.items():
@@ -392,9 +394,12 @@ def to_yaml(cfg: Config) -> str:
             template[name] = section
             continue
         for key, value in section.items():
-            if isinstance(value, dict) and key in template[name] and isinstance(template[name][key], dict):
-                template[name][key].clear()  # keep the flow style of mappings such as hoppings: {1: 1.0}
-                template[name][key].update(value)
+            current = template[name].get(key)
+            if isinstance(value, dict) and isinstance(current, dict):
+                current.clear()  # keep the flow style of mappings such as hoppings: {1: 1.0}
+                current.update(value)
+            elif isinstance(value, list) and isinstance(current, list):
+                current[:] = value  # and of lists such as shape: [4, 4, 4, 4]
             else:
                 template[name][key] = value
     stream = io.StringIO()

@@ -218,13 +218,7 @@ class Run:
         from slmc_hpc.core.learning import SelfLearning
 
         self.learner = SelfLearning(
-            self.effective,
-            self.simulation.learning(),
-            self.config.training,
-            config_shape=self.state.config.shape[1:],
-            comm=self.topo.comm,
-            seed=self.config.seed,
-            dtype=self.state.config.dtype,
+            self.effective, self.simulation.learning(), self.config.training, comm=self.topo.comm, seed=self.config.seed
         )
         # Restored at once from a checkpoint being resumed; each rank keeps its own training and validation data.
         self.checkpointer.register("learner", self.learner, local=("data", "validation"))

@@ -177,7 +177,8 @@ def ranks_on_this_node(comm) -> int:
 class Topology:
     """The world, its diagonalisation groups and this rank's chains.
 
-    With `ranks_per_config = k` (a distributed evaluator) the world is split into groups of k consecutive ranks that share
+    With `ranks_per_config = k` (a distributed evaluator) the world is split into groups of k consecutive ranks
+    that share
     one diagonalisation and hold identical chains; only a group's leader writes its rows.
     """
 

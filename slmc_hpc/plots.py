@@ -21,6 +21,7 @@ from slmc_hpc.analysis import (  # noqa: E402
     analyze_run,
     field_chain_means,
     field_views,
+    format_value,
     gamma_analysis,
     is_constant,
     read_samples,
@@ -150,6 +151,34 @@ def plot_autocorrelation(samples: dict[str, np.ndarray], info: dict, path: Path)
     return _save(fig, path)
 
 
+def plot_energy_violation(samples: dict[str, np.ndarray], info: dict, path: Path) -> Path:
+    """Histogram of the trajectories' dH with <exp(-dH)> (1 for a correct MD), <dH> and the acceptance."""
+    dh = samples["dH"].ravel()
+    check = gamma_analysis(np.exp(-samples["dH"]), "exp_minus_dH")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.hist(dh, bins=min(80, max(10, dh.size // 40)), color="tab:blue", alpha=0.8)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set(xlabel=r"$\Delta H$ of a trajectory", ylabel="trajectories")
+    accepted = f", acceptance {samples['acceptance'].mean():.3f}" if "acceptance" in samples else ""
+    text = (
+        rf"$\langle e^{{-\Delta H}}\rangle$ = {format_value(check['mean'], check['error'])}"
+        + "\n"
+        + rf"$\langle \Delta H\rangle$ = {dh.mean():.3g}{accepted}"
+    )
+    ax.text(
+        0.98,
+        0.95,
+        text,
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=10,
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "grey"},
+    )
+    ax.set_title(f"energy violation of the trajectories ({dh.size} in all)\n{run_label(info)}", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_training(training: dict[str, np.ndarray], info: dict, path: Path) -> Path:
     """Minibatch loss per optimizer step (dotted lines: round ends), the training and held-out validation
     loss after each round's fit, and the SLMC acceptance per round."""
@@ -213,6 +242,8 @@ def plot_run(run: Path, linear: bool = False) -> list[Path]:
         written.append(plot_time_series(samples, info, out / "time_series.png"))
     if n_meas >= 4:
         written.append(plot_autocorrelation(samples, info, out / "autocorrelation.png"))
+    if n_meas >= 4 and "dH" in samples and np.isfinite(samples["dH"]).all():
+        written.append(plot_energy_violation(samples, info, out / "energy_violation.png"))
     for name, means in fields.items():
         if means is not None:
             written.append(views[name].plot(means, run_label(info), out / views[name].png_name, linear=linear))
@@ -238,8 +269,10 @@ def _varying_key(configs: list[dict]) -> str:
     keys = [key for key in models[0] if len({repr(model.get(key)) for model in models}) > 1]
     numeric = [key for key in keys if all(isinstance(model.get(key), int | float) for model in models)]
     if not numeric:
-        raise InputError("the runs of a scan must differ in one numeric model key; these differ in: "
-                         + (", ".join(keys) or "nothing"))
+        raise InputError(
+            "the runs of a scan must differ in one numeric model key; these differ in: "
+            + (", ".join(keys) or "nothing")
+        )
     return numeric[0]
 
 

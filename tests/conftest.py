@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 # (a plain clone, as CI makes, has no shared/ beside it).
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 REFERENCE = SHARED_REFERENCE if SHARED_REFERENCE.is_dir() else REPO / "tests" / "reference"
+#: What a double-exchange run records per measurement and chain as numbers (S(q) comes as a field).
+SPIN_SAMPLES = ("omega", "m", "ms", "nn", "density", "electron_energy", "acceptance")
 
 
 def mpi_env(threads: int = 1) -> dict[str, str]:

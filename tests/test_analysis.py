@@ -18,7 +18,7 @@ import pytest
 
 from slmc_hpc.analysis import analyze_run, gamma_analysis, jackknife
 from slmc_hpc.errors import InputError
-from slmc_hpc.io.runfile import SAMPLE_NAMES
+from tests.conftest import SPIN_SAMPLES
 
 CONFIG_4X4 = "model:\n  lx: 4\n  ly: 4\n  hoppings: {1: 1.0}\n  J: 1.0\n  mu: 0.0\n  T: 0.05\n"
 
@@ -85,22 +85,22 @@ def test_jackknife_of_a_linear_function_equals_the_naive_error():
 @pytest.fixture(scope="module")
 def exact_mc_runs(tmp_path_factory):
     """64 chains of the real exact local MC on 4x4 (T=0.05, τ_int(ms) ≈ 3.6 sweeps), split into 16 runs of 4."""
-    from slmc_hpc.evaluators import make_evaluator
-    from slmc_hpc.physics import DoubleExchange
-    from slmc_hpc.samplers import ExactLocalSampler, init_chains, measure
+    from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
+    from slmc_hpc.systems.double_exchange.physics import DoubleExchange
+    from slmc_hpc.systems.double_exchange.samplers import ExactLocalSweep, init_chains, measure
 
     start = time.perf_counter()
     model = DoubleExchange(4, 4, {1: 1.0}, 1.0, 0.0, 0.05)
-    evaluator = make_evaluator("dense", model)
-    sampler = ExactLocalSampler(evaluator)
+    evaluator = SpinAction(make_evaluator("dense", model))
+    sampler = ExactLocalSweep(evaluator)
     n_chains, thermalization, n_meas = 64, 100, 300
     state = init_chains(evaluator, 2024, range(n_chains))
     for _ in range(thermalization):
-        sampler.sweep(state)
-    samples = {name: np.empty((n_chains, n_meas)) for name in SAMPLE_NAMES}
+        sampler.step(state)
+    samples = {name: np.empty((n_chains, n_meas)) for name in SPIN_SAMPLES}
     for k in range(n_meas):
-        info = sampler.sweep(state)
-        for name, values in measure(model, state).items():
+        info = sampler.step(state)
+        for name, values in measure(evaluator, state).items():
             if name in samples:
                 samples[name][:, k] = values
         samples["acceptance"][:, k] = info.accepted

@@ -8,12 +8,11 @@ import pytest
 from ruamel.yaml import YAML
 
 from slmc_hpc.config import (
-    DEFAULTS,
     Config,
-    bandwidth,
     config_from_dict,
     config_sha256,
     default_config,
+    defaults,
     load_config,
     parse_overrides,
     resume_differences,
@@ -22,7 +21,10 @@ from slmc_hpc.config import (
     with_overrides,
 )
 from slmc_hpc.errors import ConfigError, InputError
+from slmc_hpc.systems.double_exchange.schema import bandwidth
 from tests.conftest import REPO
+
+DEFAULTS = defaults()
 
 DESIGN = REPO.parent / "shared" / "DESIGN.md"
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from slmc_hpc.effective import make_effective
-from slmc_hpc.effective.training import fit_linear
-from slmc_hpc.lattice import Lattice
-from slmc_hpc.physics import random_spins
+from slmc_hpc.core.learning import fit_linear
+from slmc_hpc.systems.double_exchange.effective import make_effective
+from slmc_hpc.systems.double_exchange.lattice import Lattice
+from slmc_hpc.systems.double_exchange.physics import random_spins
 
 torch.set_num_threads(1)
 
@@ -139,7 +139,7 @@ def test_linear_fit_recovers_known_couplings():
     truth.set_parameters({"e0": np.array(-12.5), "couplings": np.array([0.8, -0.25, 0.1])})
     spins = random_spins(np.random.default_rng(9), (40, lattice.n_sites))
     model = make_effective(config("linear", n_J=3), lattice)
-    fit_linear(model, spins, truth.energy(spins))
+    fit_linear(model, spins, truth.energy(spins), scale=model.lattice.n_sites)
     np.testing.assert_allclose(model.parameters()["e0"], -12.5, atol=1e-10)
     np.testing.assert_allclose(model.parameters()["couplings"], [0.8, -0.25, 0.1], atol=1e-10)
 
@@ -150,7 +150,9 @@ def test_transformer_readout_starts_from_the_linear_fit():
     truth.set_parameters({"e0": np.array(3.0), "couplings": np.array([0.5, 0.2])})
     spins = random_spins(np.random.default_rng(10), (30, lattice.n_sites))
     model = make_effective(config("transformer", n_J=2, n_layers=2, n_att=2), lattice)
-    fit_linear(model, spins, truth.energy(spins))  # W^V = 0 at initialisation: the read-out sees S itself
+    fit_linear(
+        model, spins, truth.energy(spins), scale=model.lattice.n_sites
+    )  # W^V = 0 at initialisation: the read-out sees S itself
     np.testing.assert_allclose(model.energy(spins), truth.energy(spins), atol=1e-10)
 
 
@@ -179,7 +181,7 @@ def test_linear_fit_recovers_known_biquadratic_couplings():
     truth.set_parameters({**parameters, **readout})
     spins = random_spins(np.random.default_rng(7), (60, lattice.n_sites))
     model = make_effective(config("transformer", n_J=3, n_layers=1, n_att=2), lattice)
-    fit_linear(model, spins, truth.energy(spins))
+    fit_linear(model, spins, truth.energy(spins), scale=model.lattice.n_sites)
     np.testing.assert_allclose(model.parameters()["biquadratic"], [0.1, 0.03, -0.02], atol=1e-9)
     np.testing.assert_allclose(model.parameters()["couplings"], [0.6, -0.2, 0.05], atol=1e-9)
 
@@ -195,7 +197,7 @@ def test_a_model_stored_without_biquadratic_terms_reads_as_k_zero():
 @pytest.mark.parametrize("shape", [(2, 2), (3, 4), (6, 6)])
 def test_biquadratic_linear_model_delta_energy_matches_full_evaluation(shape):
     """The proposal model of the nested chain: ΔH of one move, with shells that alias onto the site itself."""
-    from slmc_hpc.effective.linear import LinearModel
+    from slmc_hpc.systems.double_exchange.effective.linear import LinearModel
 
     lattice = Lattice(*shape)
     model = LinearModel(lattice, lattice.n_distance_shells, biquadratic=True)

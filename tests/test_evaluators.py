@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse
 
 from slmc_hpc.errors import ConfigError
-from slmc_hpc.evaluators import make_evaluator
-from slmc_hpc.evaluators.cupy import device_for_rank, node_local_rank
-from slmc_hpc.physics import DoubleExchange, random_spins
+from slmc_hpc.systems.double_exchange.evaluators import make_evaluator
+from slmc_hpc.systems.double_exchange.evaluators.cupy import device_for_rank, node_local_rank
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange, random_spins
 from tests.conftest import REPO, mpi_env, mpirun
 
 RTOL = 1e-10
@@ -73,7 +73,7 @@ def test_slepc_matrix_is_assembled_sparse_per_rank():
     """Each rank's rows hold only hoppings and its own 2x2 blocks: the same h(S) as dense, row by row."""
     from mpi4py import MPI
 
-    from slmc_hpc.evaluators.slepc import local_rows_csr, owned_sites
+    from slmc_hpc.systems.double_exchange.evaluators.slepc import local_rows_csr, owned_sites
 
     model, spins = model_and_spins(5, 4, {1: 1.0, 2: 0.5, 4: 0.25}, -1.5, 0.0, 0.1, count=1)
     dense = model.hamiltonian(spins[0])

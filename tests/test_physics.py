@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from slmc_hpc.lattice import Lattice, shell_vectors
-from slmc_hpc.physics import DoubleExchange, random_spins
+from slmc_hpc.systems.double_exchange.lattice import Lattice, shell_vectors
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange, random_spins
 from tests.conftest import REFERENCE
 
 

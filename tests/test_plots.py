@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from test_analysis import CONFIG_4X4, ar1, write_run
 
-from slmc_hpc.analysis import q_over_pi, structure_factor
+from slmc_hpc.analysis import field_chain_means
+from slmc_hpc.config import config_from_dict
 from slmc_hpc.errors import InputError
 from slmc_hpc.plots import autocorrelation, plot_run, plot_scan, run_label, running_mean
+from slmc_hpc.systems.double_exchange.structure_factor import centred, q_over_pi
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -80,8 +82,10 @@ def test_plot_accepts_run_h5_and_titles_name_the_run(tmp_path):
     path = fake_run(tmp_path / "run", training=False) / "run.h5"
     assert [p.parent for p in plot_run(path)] == [tmp_path / "run" / "plots"] * 3
     config = {"model": {"lx": 6, "ly": 4, "T": 0.05}, "sampler": {"kind": "slmc"}, "effective": {"kind": "linear"}}
-    assert run_label(config) == "6×4, T = 0.05, slmc sampler, linear H_eff"
-    assert run_label({**config, "sampler": {"kind": "exact"}}) == "6×4, T = 0.05, exact sampler, no H_eff"
+    label = run_label({"run_config": config_from_dict(config)})
+    assert label == "6×4, T = 0.05, J = 1, μ = 0, t1 = 1, slmc sampler, linear H_eff"
+    exact = config_from_dict({**config, "sampler": {"kind": "exact"}})
+    assert run_label({"run_config": exact}) == "6×4, T = 0.05, J = 1, μ = 0, t1 = 1, exact sampler, no H_eff"
 
 
 def test_plot_of_a_run_without_data_says_so_and_leaves_no_folder(tmp_path):
@@ -94,7 +98,7 @@ def test_plot_of_a_run_without_data_says_so_and_leaves_no_folder(tmp_path):
 def test_structure_factor_grid_runs_over_minus_pi_to_pi_with_the_neel_peak_at_pi_pi(tmp_path):
     np.testing.assert_allclose(q_over_pi(4), [-0.5, 0.0, 0.5, 1.0])  # q = π included for even L
     np.testing.assert_allclose(q_over_pi(5), [-0.8, -0.4, 0.0, 0.4, 0.8])
-    sq = structure_factor(fake_run(tmp_path / "run", training=False) / "run.h5")
+    sq = centred(field_chain_means(fake_run(tmp_path / "run", training=False) / "run.h5", "sq"))
     iy, ix = np.unravel_index(np.argmax(sq["mean"]), sq["mean"].shape)
     assert (sq["qx"][ix], sq["qy"][iy]) == (1.0, 1.0)  # fake_run's peak sits at FFT index (2, 2) = (π, π)
     assert sq["error"].shape == (4, 4) and (sq["error"] > 0).all()

@@ -17,8 +17,8 @@ import pytest
 
 from slmc_hpc.driver import status_report
 from slmc_hpc.io.checkpoint import CHECKPOINT_FORMAT
-from slmc_hpc.io.runfile import SAMPLE_NAMES, TIMING_NAMES
-from tests.conftest import mpirun
+from slmc_hpc.io.runfile import TIMING_NAMES
+from tests.conftest import SPIN_SAMPLES, mpirun
 
 LX = LY = 4
 
@@ -94,7 +94,7 @@ def test_exact_run_layout_status_and_finished_refusal(tmp_path):
         assert attrs["start_time"] and attrs["code_version"]
         samples = f["samples"]
         assert samples.attrs["n_measurements"] == n_meas
-        for name in SAMPLE_NAMES:
+        for name in SPIN_SAMPLES:
             values = samples[name][()]
             assert values.shape == (n_chains, n_meas) and np.all(np.isfinite(values)), name
         assert samples["sq"].shape == (n_chains, n_meas, LY, LX)

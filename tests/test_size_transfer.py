@@ -14,11 +14,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from slmc_hpc.effective import make_effective, transfer
-from slmc_hpc.effective.training import SelfLearning, proposal_for_lattice
-from slmc_hpc.evaluators import make_evaluator
-from slmc_hpc.physics import DoubleExchange
-from slmc_hpc.samplers import ExactLocalSampler, SLMCSampler, init_chains
+from slmc_hpc.core.learning import SelfLearning
+from slmc_hpc.systems.double_exchange.effective import make_effective, transfer
+from slmc_hpc.systems.double_exchange.effective.starting import proposal_for_lattice
+from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange
+from slmc_hpc.systems.double_exchange.samplers import ExactLocalSweep, init_chains, slmc_chain
+from slmc_hpc.systems.double_exchange.simulation import learning_plan
 from tests.test_slmc_exactness import assert_agrees, sample
 
 T = 0.1
@@ -40,7 +42,7 @@ TRAINING = SimpleNamespace(
 
 def physics(size: int):
     model = DoubleExchange(lx=size, ly=size, hoppings={1: 1.0}, J=1.0, mu=0.0, T=T)
-    return model, make_evaluator("dense", model)
+    return model, SpinAction(make_evaluator("dense", model))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def exact():
     for size, chains, sweeps in ((4, 24, 150), (6, 12, 90)):
         model, evaluator = physics(size)
         state = init_chains(evaluator, seed=500 + size, chains=range(chains))
-        out[size] = sample(ExactLocalSampler(evaluator).sweep, model, state, steps=sweeps, thermalization=30)[0]
+        out[size] = sample(ExactLocalSweep(evaluator).step, evaluator, state, steps=sweeps, thermalization=30)[0]
     return out
 
 
@@ -58,7 +60,7 @@ def bootstrapped(size: int):
     """A transformer trained on `size` x `size` from nothing, with 8 chains, as a run's train phase does."""
     model, evaluator = physics(size)
     effective = make_effective(ARCHITECTURE, model.lattice)
-    learner = SelfLearning(effective, evaluator, TRAINING, seed=9, inner_sweeps="auto", inner_block="auto")
+    learner = SelfLearning(effective, learning_plan(evaluator, "auto", "auto"), TRAINING, seed=9)
     state = init_chains(evaluator, seed=900 + size, chains=range(8))
     learner.fit_initial()
     results = [learner.run_round(state) for _ in range(TRAINING.rounds)]
@@ -78,10 +80,10 @@ def test_transferred_model_is_exact_on_another_lattice(exact, source, target):
     moved.proposal = None
     proposal_for_lattice(moved, T, seed=3)
     assert moved.proposal is not None and moved.proposal.n_J == model.lattice.n_distance_shells
-    sampler = SLMCSampler(evaluator, moved, inner_sweeps=2, inner_block=model.n_sites // 2)
-    assert sampler.mode == "nested"
+    sampler = slmc_chain(evaluator, moved, inner_sweeps=2, inner_block=model.n_sites // 2)
+    assert sampler.update.mode == "nested"
     state = init_chains(evaluator, seed=700 + target, chains=range(16))
-    means, _, acceptance = sample(sampler.step, model, state, steps=250, thermalization=40)
+    means, _, acceptance = sample(sampler.step, evaluator, state, steps=250, thermalization=40)
     print(f"{source}x{source} -> {target}x{target}: outer acceptance {acceptance:.2f}")
     assert acceptance > 0.1, f"a transferred model should still be accepted, got {acceptance}"
     assert_agrees(exact[target], means)

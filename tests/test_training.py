@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from slmc_hpc.effective import make_effective
-from slmc_hpc.effective.training import Trainer, TrainingData, fit_linear, pack_state, unpack_state
+from slmc_hpc.core.learning import Trainer, TrainingData, fit_linear, pack_state, unpack_state
 from slmc_hpc.errors import TrainingError
-from slmc_hpc.io.model import read_model, write_model
-from slmc_hpc.lattice import Lattice
-from slmc_hpc.physics import random_spins
+from slmc_hpc.io.model import read_model_group, write_model
+from slmc_hpc.systems.double_exchange.effective import make_effective, rebuild
+from slmc_hpc.systems.double_exchange.lattice import Lattice
+from slmc_hpc.systems.double_exchange.physics import random_spins
 from tests.conftest import REPO, mpirun
 
 torch.set_num_threads(1)
@@ -44,7 +44,7 @@ def target_data(n=40, seed=0):
 def test_training_lowers_the_loss_below_the_linear_fit():
     spins, omega = target_data()
     model = transformer()
-    linear_loss = fit_linear(model, spins, omega)
+    linear_loss = fit_linear(model, spins, omega, scale=LATTICE.n_sites)
     trainer = Trainer(model, SimpleNamespace(**{**vars(TRAINING), "batch_size": 40}), LATTICE.n_sites)
     losses = trainer.train(spins, omega, 150)
     assert losses[0] == pytest.approx(linear_loss, rel=1e-10)  # the first step sees the fitted model
@@ -54,7 +54,7 @@ def test_training_lowers_the_loss_below_the_linear_fit():
 def test_state_dict_continues_bit_for_bit():
     spins, omega = target_data()
     model = transformer()
-    fit_linear(model, spins, omega)
+    fit_linear(model, spins, omega, scale=LATTICE.n_sites)
     trainer = Trainer(model, TRAINING, LATTICE.n_sites, seed=3)
     trainer.train(spins, omega, 4)
     saved = unpack_state(pack_state(trainer.state_dict()))
@@ -81,7 +81,7 @@ def test_linear_model_trains_by_gradient_too():
 def test_non_finite_loss_restores_the_last_good_parameters():
     spins, omega = target_data()
     model = transformer()
-    fit_linear(model, spins, omega)
+    fit_linear(model, spins, omega, scale=LATTICE.n_sites)
     trainer = Trainer(model, TRAINING, LATTICE.n_sites)
     trainer.train(spins, omega, 2)
     good = model.parameters()
@@ -95,14 +95,14 @@ def test_non_finite_loss_restores_the_last_good_parameters():
 
 
 def test_training_data_keeps_the_newest_samples():
-    data = TrainingData(LATTICE.n_sites, max_samples=5)
+    data = TrainingData((LATTICE.n_sites, 3), max_samples=5)
     spins = random_spins(np.random.default_rng(1), (7, LATTICE.n_sites))
     data.append(spins[:4], np.arange(4.0))
     data.append(spins[4:], np.arange(4.0, 7.0))
     assert len(data) == 5
     np.testing.assert_array_equal(data.arrays()[1], [2.0, 3.0, 4.0, 5.0, 6.0])
     np.testing.assert_array_equal(data.arrays()[0], spins[2:])
-    copy = TrainingData(LATTICE.n_sites, max_samples=5)
+    copy = TrainingData((LATTICE.n_sites, 3), max_samples=5)
     copy.load_state_dict(unpack_state(pack_state(data.state_dict())))
     np.testing.assert_array_equal(copy.arrays()[0], spins[2:])
 
@@ -117,7 +117,8 @@ def test_model_round_trip_through_hdf5(tmp_path, kind):
         write_model(f.create_group("model"), model, history, frozen=True)
     with h5py.File(tmp_path / "run.h5", "r") as f:
         assert f["model"].attrs["frozen"] and f["model"].attrs["n_parameters"] == model.n_parameters()
-        loaded, loaded_history = read_model(f["model"], LATTICE)
+        stored = read_model_group(f["model"], "run.h5")
+    loaded, loaded_history = rebuild(stored, LATTICE), stored.history
     assert loaded.kind == kind
     np.testing.assert_array_equal(loaded_history["loss"], history["loss"])
     spins = random_spins(rng, (3, LATTICE.n_sites))
@@ -130,15 +131,23 @@ def test_two_ranks_train_like_one_rank_on_the_union():
 
 
 def self_learning(kind, seed=4):
-    from slmc_hpc.effective.training import SelfLearning
-    from slmc_hpc.evaluators import make_evaluator
-    from slmc_hpc.physics import DoubleExchange
-    from slmc_hpc.samplers import init_chains
+    from slmc_hpc.core.learning import SelfLearning
+    from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
+    from slmc_hpc.systems.double_exchange.physics import DoubleExchange
+    from slmc_hpc.systems.double_exchange.samplers import init_chains
+    from slmc_hpc.systems.double_exchange.simulation import learning_plan
 
-    evaluator = make_evaluator("dense", DoubleExchange(4, 4, {1: 1.0}, J=2.0, mu=0.0, T=0.1))
+    evaluator = SpinAction(make_evaluator("dense", DoubleExchange(4, 4, {1: 1.0}, J=2.0, mu=0.0, T=0.1)))
     architecture = SimpleNamespace(kind=kind, n_J=2, n_layers=1, n_att=2, load=None)
-    training = SimpleNamespace(**{**vars(TRAINING), "max_samples": 1000}, outer_steps_per_round=3, steps_per_round=4)
-    learner = SelfLearning(make_effective(architecture, LATTICE), evaluator, training, seed=seed)
+    training = SimpleNamespace(
+        **{**vars(TRAINING), "max_samples": 1000},
+        outer_steps_per_round=3,
+        steps_per_round=4,
+        validation_fraction=0.0,
+        linear_rounds=0,
+    )
+    plan = learning_plan(evaluator, inner_sweeps=1, inner_block=0)
+    learner = SelfLearning(make_effective(architecture, LATTICE), plan, training, seed=seed)
     return learner, init_chains(evaluator, seed, range(2))
 
 
@@ -161,7 +170,7 @@ def test_self_learning_rounds_collect_every_evaluation_and_resume_exactly(kind):
     resumed.load_state_dict(saved)
     again = resumed.run_round(saved_chains)
     assert again.acceptance == second.acceptance and np.array_equal(again.losses, second.losses)
-    assert np.array_equal(saved_chains.spins, chains.spins)
+    assert np.array_equal(saved_chains.config, chains.config)
     for name, value in learner.effective.parameters().items():
         assert np.array_equal(resumed.effective.parameters()[name], value), name
     assert resumed.history["round_acceptance"] == learner.history["round_acceptance"]
@@ -179,10 +188,10 @@ def test_bootstrap_configurations_give_the_first_fit_only():
     spins, omega = learner.data.fitted()
     np.testing.assert_array_equal(spins, learner.data.arrays()[0][6:])
     reference = make_effective(SimpleNamespace(kind="linear", n_J=2, n_layers=1, n_att=2, load=None), LATTICE)
-    fit_linear(reference, spins, omega)
+    fit_linear(reference, spins, omega, scale=LATTICE.n_sites)
     np.testing.assert_allclose(learner.effective.parameters()["couplings"], reference.parameters()["couplings"])
     # The cut survives a checkpoint, and moves with the oldest samples when max_samples drops them.
-    copy_ = TrainingData(LATTICE.n_sites, max_samples=8)
+    copy_ = TrainingData((LATTICE.n_sites, 3), max_samples=8)
     copy_.load_state_dict(unpack_state(pack_state(learner.data.state_dict())))
     assert len(copy_) == 8 and copy_.unfitted == 2
     np.testing.assert_array_equal(copy_.fitted()[1], omega)
@@ -190,11 +199,11 @@ def test_bootstrap_configurations_give_the_first_fit_only():
 
 def test_feature_cache_equals_fresh_features_through_appends_drops_cuts_and_training():
     """Only new rows go through the network, yet every returned row is the fresh features' bits."""
-    from slmc_hpc.effective.training import FeatureCache
+    from slmc_hpc.core.learning import FeatureCache
 
     rng = np.random.default_rng(11)
     model = transformer()
-    data = TrainingData(LATTICE.n_sites, max_samples=10)
+    data = TrainingData((LATTICE.n_sites, 3), max_samples=10)
     cache = FeatureCache(data, model)
     computed = []
     featurize = model.features
@@ -231,7 +240,7 @@ def test_float32_gradients_match_float64_and_parameters_stay_float64():
     model's parameters (the H_eff of every acceptance test) stay float64."""
     spins, omega = target_data()
     exact, mixed = transformer(), transformer()
-    fit_linear(exact, spins, omega)
+    fit_linear(exact, spins, omega, scale=LATTICE.n_sites)
     mixed.set_parameters(exact.parameters())
     loss64, gradient64 = Trainer(exact, TRAINING, LATTICE.n_sites).gradient(spins, omega)
     settings = SimpleNamespace(**{**vars(TRAINING), "batch_size": 40}, precision="float32")

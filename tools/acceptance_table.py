@@ -4,7 +4,7 @@
 
 Physics: L = 6, t = 1, J = 1, μ = 0, T = 0.05; one inner sweep (N proposals) per outer step.
 Every model starts from the same exact-MC warm-up data and the same chains, runs the self-learning
-rounds of `slmc_hpc.effective.training.SelfLearning`, is then frozen, and its outer acceptance is
+rounds of `slmc_hpc.core.learning.SelfLearning`, is then frozen, and its outer acceptance is
 measured over `--measure` outer steps of every chain (error: binned over time, chains averaged).
 The "test loss" is the loss on the configurations proposed during that measurement, which the
 model never saw. Writes `table.md`, `table.json` and `loss_vs_parameters.png` into `--out`.
@@ -23,11 +23,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from slmc_hpc.effective import make_effective
-from slmc_hpc.effective.training import SelfLearning, mean_squared_error
-from slmc_hpc.evaluators import make_evaluator
-from slmc_hpc.physics import DoubleExchange
-from slmc_hpc.samplers import SLMCSampler, init_chains
+from slmc_hpc.core.learning import SelfLearning, mean_squared_error
+from slmc_hpc.systems.double_exchange.effective import make_effective
+from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange
+from slmc_hpc.systems.double_exchange.samplers import init_chains, slmc_chain
+from slmc_hpc.systems.double_exchange.simulation import learning_plan
 
 LINEAR_SHELLS = (1, 2, 3, 6, 11)  # 11: every distinct distance of the 6x6 torus (shell 11 is (3, 3))
 TRANSFORMER_LAYERS = (1, 2, 3, 4, 6)
@@ -49,7 +50,7 @@ def run_row(kind, n_J, n_layers, evaluator, training, chains, data_state, args) 
     physics = evaluator.model
     start = time.perf_counter()
     model = make_effective(SimpleNamespace(kind=kind, n_J=n_J, n_layers=n_layers, n_att=N_ATT), physics.lattice)
-    learner = SelfLearning(model, evaluator, training, seed=args.seed, inner_sweeps=1)
+    learner = SelfLearning(model, learning_plan(evaluator, 1, 0), training, seed=args.seed)
     learner.data.load_state_dict(data_state)
     fit_loss = learner.fit_initial()
     rounds = []
@@ -58,17 +59,17 @@ def run_row(kind, n_J, n_layers, evaluator, training, chains, data_state, args) 
             progress = r / max(training.rounds - 1, 1)
             learner.trainer.set_learning_rate(training.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress))))
         rounds.append(learner.run_round(chains))
-    train_loss = mean_squared_error(model, *learner.data.arrays())
+    train_loss = mean_squared_error(model, *learner.data.arrays(), scale=physics.n_sites)
     trained = time.perf_counter()
 
-    sampler, accepted, proposed, omega = SLMCSampler(evaluator, model, inner_sweeps=1), [], [], []
+    sampler, accepted, proposed, omega = slmc_chain(evaluator, model, inner_sweeps=1), [], [], []
     for _ in range(args.measure):
         info = sampler.step(chains)
         accepted.append(info.accepted)
-        proposed.append(info.proposed_spins)
-        omega.append(info.proposed_omega)
+        proposed.append(info.proposed)
+        omega.append(info.proposed_target)
     acceptance, error = binned_mean(np.array(accepted))
-    test_loss = mean_squared_error(model, np.concatenate(proposed), np.concatenate(omega))
+    test_loss = mean_squared_error(model, np.concatenate(proposed), np.concatenate(omega), scale=physics.n_sites)
     return {
         "model": f"linear ({n_J} shells)" if kind == "linear" else f"transformer ({n_layers} layers, n_J = {n_J})",
         "kind": kind,
@@ -164,7 +165,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     physics = DoubleExchange(6, 6, {1: 1.0}, J=1.0, mu=0.0, T=0.05)
-    evaluator = make_evaluator("dense", physics)
+    evaluator = SpinAction(make_evaluator("dense", physics))
     training = SimpleNamespace(
         warmup_sweeps=args.warmup,
         rounds=args.rounds,
@@ -174,10 +175,13 @@ def main() -> None:
         lr=args.lr,
         weight_decay=1e-4,
         max_samples=20000,
+        validation_fraction=0.0,
+        linear_rounds=0,
     )
     start = time.perf_counter()
     chains = init_chains(evaluator, args.seed, range(args.chains))
-    warm = SelfLearning(make_effective(SimpleNamespace(kind="linear", n_J=1), physics.lattice), evaluator, training)
+    linear = make_effective(SimpleNamespace(kind="linear", n_J=1), physics.lattice)
+    warm = SelfLearning(linear, learning_plan(evaluator, 1, 0), training)
     warm.warmup(chains, args.warmup)
     print(
         f"warm-up: {args.warmup} exact sweeps x {args.chains} chains, {time.perf_counter() - start:.0f} s", flush=True

@@ -50,7 +50,7 @@ def set_threads(threads: int) -> dict[str, str]:
 
 
 def make_model(lx: int):
-    from slmc_hpc.physics import DoubleExchange
+    from slmc_hpc.systems.double_exchange.physics import DoubleExchange
 
     return DoubleExchange(lx, lx, {1: 1.0}, J=2.0, mu=0.0, T=0.05)
 
@@ -58,7 +58,7 @@ def make_model(lx: int):
 def make_spins(model, count: int, seed: int = 2024):
     import numpy as np
 
-    from slmc_hpc.physics import random_spins
+    from slmc_hpc.systems.double_exchange.physics import random_spins
 
     return random_spins(np.random.default_rng(seed), (count, model.n_sites))
 
@@ -78,7 +78,7 @@ def bench_dense_overhead(sizes: list[int], batch: int, budget_s: float) -> list[
     """Part 1: interleaved repetitions of dense.omega(spins) and raw eigvalsh(h), after a warm-up."""
     import numpy as np
 
-    from slmc_hpc.evaluators import make_evaluator
+    from slmc_hpc.systems.double_exchange.evaluators import make_evaluator
 
     rows = [
         "| L | 2N | batch | raw eigvalsh (ms/config) | dense evaluator (ms/config) | overhead | repetitions |",
@@ -111,7 +111,7 @@ def bench_dense_overhead(sizes: list[int], batch: int, budget_s: float) -> list[
 
 def bench_dense_seconds(lx: int, configs: int) -> tuple[float, float]:
     """(median, best) seconds per configuration of the dense evaluator on this 1-rank process."""
-    from slmc_hpc.evaluators import make_evaluator
+    from slmc_hpc.systems.double_exchange.evaluators import make_evaluator
 
     model = make_model(lx)
     spins = make_spins(model, configs)
@@ -129,8 +129,8 @@ def slepc_worker(sizes: list[int], configs: int) -> None:
     """Runs under mpirun: time every SLEPc variant on the world communicator; rank 0 prints JSON lines."""
     import numpy as np
 
-    from slmc_hpc.evaluators import make_evaluator
     from slmc_hpc.parallel import world
+    from slmc_hpc.systems.double_exchange.evaluators import make_evaluator
 
     comm = world()
     for lx in sizes:

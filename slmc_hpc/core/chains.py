@@ -69,7 +69,7 @@ class Proposal:
 
     The uniforms are drawn by the update, from each chain's stream, in the update's documented order.
     `action_before`: the current configurations' action where the update changed it (pseudofermions
-    drawn for this step); otherwise the state's. `extras` and `timings` go into the StepInfo.
+    drawn for this step); otherwise the state's. `extras`, `samples` and `timings` go into the StepInfo.
     """
 
     config: np.ndarray
@@ -78,6 +78,7 @@ class Proposal:
     action_before: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Update(Protocol):
@@ -113,7 +114,9 @@ class OuterChain:
         exact = time.perf_counter() - started
         before = state.action if proposal.action_before is None else proposal.action_before
         accepted = exact_test(evaluation.action, before, proposal.correction, proposal.uniforms)
-        samples = {"dH": (evaluation.action - before) - proposal.correction} if self.record_dh else {}
+        samples = dict(proposal.samples)
+        if self.record_dh:
+            samples["dH"] = (evaluation.action - before) - proposal.correction
         state.take(accepted, proposal.config, evaluation)
         if proposal.action_before is not None:  # the kept configurations' action under this step's fields
             state.action[~accepted] = proposal.action_before[~accepted]

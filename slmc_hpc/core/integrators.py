@@ -47,7 +47,9 @@ def schedule(kind: str, n_steps: int, step_size: float) -> list[tuple[str, float
     return steps
 
 
-def integrate(kind: str, n_steps: int, step_size: float, kick: Callable[[float], None], drift: Callable[[float], None]) -> int:
+def integrate(
+    kind: str, n_steps: int, step_size: float, kick: Callable[[float], None], drift: Callable[[float], None]
+) -> int:
     """Run one trajectory of `n_steps` steps; returns the number of force evaluations (kicks)."""
     kicks = 0
     for op, t in schedule(kind, n_steps, step_size):

@@ -1,7 +1,7 @@
 """The self-learning loop: H_eff trained on exactly evaluated configurations, across MPI ranks, for any system.
 
 Data are configurations with their exact `target` (Ω for spins, S for the gauge theory); the loss is the
-mean of ((target - H_eff)/scale)², `scale` the system's (`LearningPlan.loss_scale`: N for spins). What a
+mean of ((target - H_eff)/scale)², `scale` the system's (`LearningPlan.loss_scale`: N for configs). What a
 round samples with and what counts as a trivial model come from the system's `LearningPlan`; a model's
 optional abilities (`LinearReadout`, `Trainable`, `NestedProposal`, `Chunked`) decide what the loop does
 with it. Every rank keeps its own data. The linear fit sums the normal equations over ranks; gradient
@@ -44,17 +44,17 @@ def fit_linear(
     return readout_error(prediction, targets, scale, comm)
 
 
-def fit_readout(model, features: np.ndarray, omega: np.ndarray, comm=None) -> np.ndarray:
+def fit_readout(model, features: np.ndarray, targets: np.ndarray, comm=None) -> np.ndarray:
     """Solve the read-out from its features and set it on `model`; returns the coefficients c (H_eff = features @ c).
 
-    The normal equations X^T X c = X^T Ω are summed over ranks, so the fit equals a fit of all data
+    The normal equations X^T X c = X^T y (y the targets) are summed over ranks, so the fit equals a fit of all data
     on one rank; `lstsq` gives the minimum-norm solution where small lattices make shells
     indistinguishable.
     """
-    features = np.asarray(features, dtype=np.float64).reshape(len(omega), -1)
-    omega = np.asarray(omega, dtype=np.float64)
+    features = np.asarray(features, dtype=np.float64).reshape(len(targets), -1)
+    targets = np.asarray(targets, dtype=np.float64)
     k = features.shape[1]
-    packed = np.concatenate([(features.T @ features).ravel(), features.T @ omega])
+    packed = np.concatenate([(features.T @ features).ravel(), features.T @ targets])
     # Broadcast rank 0's sums: an allreduce need not round identically on every rank.
     packed = parallel.broadcast_array(comm, parallel.allreduce_sum(comm, packed))
     normal_matrix, rhs = packed[: k * k].reshape(k, k), packed[k * k :]
@@ -121,10 +121,10 @@ class Trainer:
         self.seconds = {"step": 0.0, "allreduce": 0.0}
 
     # -- gradients ------------------------------------------------------------------------------
-    def _local_sums(self, spins: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    def _local_sums(self, configs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """[sum of squared errors, count, gradient of that sum (flattened)] on this rank's samples.
 
-        In float32 the network's output is cast to float64 before Ω is subtracted, so the residual
+        In float32 the network's output is cast to float64 before it is subtracted from the target, so the residual
         (a small difference of two large numbers) keeps its digits.
         """
         module = self.compute_module
@@ -133,10 +133,10 @@ class Trainer:
                 for copy_, master in zip(module.parameters(), self.module.parameters(), strict=True):
                     copy_.copy_(master)
         module.zero_grad(set_to_none=False)
-        if len(omega):
+        if len(targets):
             dtype = next(module.parameters()).dtype
-            prediction = module(torch.from_numpy(np.ascontiguousarray(spins)).to(dtype)).to(torch.float64)
-            residual = (torch.from_numpy(np.asarray(omega, dtype=np.float64)) - prediction) / self.scale
+            prediction = module(torch.from_numpy(np.ascontiguousarray(configs)).to(dtype)).to(torch.float64)
+            residual = (torch.from_numpy(np.asarray(targets, dtype=np.float64)) - prediction) / self.scale
             sse = (residual * residual).sum()
             sse.backward()
             sse_value = sse.item()
@@ -146,11 +146,11 @@ class Trainer:
             p.grad.reshape(-1).to(torch.float64) if p.grad is not None else torch.zeros(p.numel(), dtype=torch.float64)
             for p in self.compute_params
         ]
-        return np.concatenate([[sse_value, float(len(omega))], torch.cat(grads).numpy()])
+        return np.concatenate([[sse_value, float(len(targets))], torch.cat(grads).numpy()])
 
-    def gradient(self, spins: np.ndarray, omega: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """Global loss and mean gradient over every rank's (spins, Ω) (no step taken)."""
-        sums = parallel.allreduce_sum(self.comm, self._local_sums(spins, omega))
+    def gradient(self, configs: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Global loss and mean gradient over every rank's (configs, targets) (no step taken)."""
+        sums = parallel.allreduce_sum(self.comm, self._local_sums(configs, targets))
         return float(sums[0] / sums[1]), self._unflatten(sums[2:] / sums[1])
 
     def _unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -165,7 +165,7 @@ class Trainer:
         sequence = np.random.SeedSequence(self.seed, spawn_key=(MINIBATCH_STREAM, self.rank, self.call_count))
         return np.random.Generator(np.random.PCG64(sequence))
 
-    def train(self, spins: np.ndarray, omega: np.ndarray, steps: int) -> np.ndarray:
+    def train(self, configs: np.ndarray, targets: np.ndarray, steps: int) -> np.ndarray:
         """`steps` AdamW steps on minibatches of every rank's data; returns the global loss per step.
 
         Raises TrainingError (after restoring the last good state) on a non-finite loss, gradient
@@ -173,16 +173,16 @@ class Trainer:
         """
         rng = self._minibatch_rng()
         self.call_count += 1
-        losses = np.array([self._step(rng, spins, omega) for _ in range(steps)])
+        losses = np.array([self._step(rng, configs, targets) for _ in range(steps)])
         self._synchronise()
         return losses
 
-    def _step(self, rng: np.random.Generator, spins: np.ndarray, omega: np.ndarray) -> float:
+    def _step(self, rng: np.random.Generator, configs: np.ndarray, targets: np.ndarray) -> float:
         """One AdamW step on a minibatch of every rank's data; the global minibatch loss."""
         started = time.perf_counter()
-        n_local = len(omega)
+        n_local = len(targets)
         batch = rng.choice(n_local, size=min(self.batch_size, n_local), replace=False) if n_local else []
-        local = self._local_sums(spins[batch], np.asarray(omega)[batch])
+        local = self._local_sums(configs[batch], np.asarray(targets)[batch])
         reducing = time.perf_counter()
         sums = parallel.allreduce_sum(self.comm, local)
         self.seconds["allreduce"] += time.perf_counter() - reducing
@@ -405,7 +405,7 @@ class FeatureCache:
         self._features = np.zeros((0, model.n_readout))
 
     def fitted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`data.fitted()` with the model's features of those rows: configurations [M, ...], targets [M], features [M, k]."""
+        """`data.fitted()` with the model's features of those rows: configs [M, ...], targets [M], features [M, k]."""
         configs, targets = self.data.fitted()
         first, key = self.data.end_row - len(targets), feature_key(self.model)
         # Rows numbered from `first` on that the cache holds (none past its end, none under another key).
@@ -466,25 +466,16 @@ class SelfLearning:
     Explicit state (`state_dict`): this rank's data, the round index, the histories and the
     trainer (rank 0's copy is the one to store; `load_state_dict` broadcasts it). No file I/O.
 
-    >>> learner = SelfLearning(effective, plan, config.training, comm, seed, config_shape)
+    >>> learner = SelfLearning(effective, simulation.learning(), config.training, comm, seed)
     >>> learner.warmup(state, config.training.warmup_sweeps); learner.fit_initial()
     >>> for _ in range(config.training.rounds): result = learner.run_round(state)
     """
 
-    def __init__(
-        self,
-        effective: EffectiveModel,
-        plan: LearningPlan,
-        training_config,
-        config_shape: tuple[int, ...],
-        comm=None,
-        seed: int = 0,
-        dtype=np.float64,
-    ):
+    def __init__(self, effective: EffectiveModel, plan: LearningPlan, training_config, comm=None, seed: int = 0):
         self.effective, self.plan, self.config, self.comm = effective, plan, training_config, comm
         self.scale = plan.loss_scale
-        self.data = TrainingData(config_shape, training_config.max_samples, dtype)
-        self.validation = TrainingData(config_shape, training_config.max_samples, dtype)
+        self.data = TrainingData(plan.config_shape, training_config.max_samples, plan.dtype)
+        self.validation = TrainingData(plan.config_shape, training_config.max_samples, plan.dtype)
         self.validation_fraction = float(training_config.validation_fraction)
         self.linear_rounds = int(training_config.linear_rounds)
         self.seen = 0  # configurations this rank has split into training and validation data
@@ -576,9 +567,7 @@ class SelfLearning:
             validation_loss = readout_error(prediction, held_out, self.scale, self.comm)
         else:
             data_loss = mean_squared_error(self.effective, *self.data.fitted(), self.comm, scale=self.scale)
-            validation_loss = mean_squared_error(
-                self.effective, *self.validation.fitted(), self.comm, scale=self.scale
-            )
+            validation_loss = mean_squared_error(self.effective, *self.validation.fitted(), self.comm, scale=self.scale)
         if trivial:  # the trivial model's configurations served this first fit; later fits leave them out
             self.data.unfitted, self.validation.unfitted = len(self.data), len(self.validation)
         n_samples = self._global_samples()

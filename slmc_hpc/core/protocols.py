@@ -214,12 +214,15 @@ class LearningPlan:
 
     `round_stepper(effective)` samples within a round with the current model; `warmup_stepper()` runs
     exact steps whose configurations become data (None: none); `loss_scale` normalises the residual
-    ((target - H_eff)/scale)²; `trivial(effective)` is True while the model proposes configurations
+    ((target - H_eff)/scale)²; `config_shape` and `dtype` are one configuration's (training data);
+    `trivial(effective)` is True while the model proposes configurations
     that carry no weight (they give the first fit only); `refit_proposal` refits a `NestedProposal`.
     """
 
     round_stepper: Callable[[EffectiveModel], Stepper]
     loss_scale: float
+    config_shape: tuple[int, ...]
+    dtype: Any = np.float64
     warmup_stepper: Callable[[], Stepper] | None = None
     trivial: Callable[[EffectiveModel], bool] = lambda effective: False
 

@@ -310,7 +310,8 @@ def status_report(run_dir: str | Path) -> str:
         )
         if len(training.get("round_loss", [])):
             lines.append(
-                f"              loss after the last round {training['round_loss'][-1]:.3e} (MSE of (target - H_eff)/scale)"
+                f"              loss after the last round {training['round_loss'][-1]:.3e} "
+                "(MSE of (target - H_eff)/scale)"
             )
     lines.append(_checkpoint_line(run_dir / CHECKPOINT_FILE, now))
     return "\n".join(lines)

@@ -23,8 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from slmc_hpc.errors import InputError
 from slmc_hpc.core.protocols import Observable
+from slmc_hpc.errors import InputError
 from slmc_hpc.io.integrity import create_dataset, verify_file, write_part
 from slmc_hpc.parallel import barrier, broadcast, comm_size, mpi_library_version, on_root
 

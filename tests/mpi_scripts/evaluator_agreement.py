@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from slmc_hpc.evaluators import make_evaluator
 from slmc_hpc.parallel import world
-from slmc_hpc.physics import DoubleExchange, random_spins
+from slmc_hpc.systems.double_exchange.evaluators import make_evaluator
+from slmc_hpc.systems.double_exchange.physics import DoubleExchange, random_spins
 
 CASES = [
     # (lx, ly, hoppings, J, mu, T, configurations)

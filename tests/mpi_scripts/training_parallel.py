@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from slmc_hpc.effective import make_effective
-from slmc_hpc.effective.training import Trainer, fit_linear
-from slmc_hpc.lattice import Lattice
-from slmc_hpc.physics import random_spins
+from slmc_hpc.core.learning import Trainer, fit_linear
+from slmc_hpc.systems.double_exchange.effective import make_effective
+from slmc_hpc.systems.double_exchange.lattice import Lattice
+from slmc_hpc.systems.double_exchange.physics import random_spins
 
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
@@ -59,8 +59,8 @@ assert not np.array_equal(model.parameters()["attention"], fresh_model().paramet
 # 3. The linear fit over two ranks equals the fit of the union on one rank.
 linear = SimpleNamespace(kind="linear", n_J=3, n_layers=0, n_att=0, load=None)
 split, whole = make_effective(linear, lattice), make_effective(linear, lattice)
-loss_split = fit_linear(split, spins[mine], omega[mine], comm=comm)
-loss_whole = fit_linear(whole, spins, omega)
+loss_split = fit_linear(split, spins[mine], omega[mine], comm=comm, scale=lattice.n_sites)
+loss_whole = fit_linear(whole, spins, omega, scale=lattice.n_sites)
 for name, value in whole.parameters().items():
     assert np.allclose(split.parameters()[name], value, rtol=1e-12, atol=1e-12), name
 assert abs(loss_split - loss_whole) <= 1e-12 * loss_whole

@@ -68,7 +68,7 @@ class DoubleExchangeSystem:
         return Grouping(config.evaluator.ranks_per_config, split=True, key="evaluator.ranks_per_config")
 
     def describe(self, config) -> str:
-        """'6×6, T = 0.05, J = 1, μ = 0, slmc sampler, transformer H_eff': what tells one run's figures from another's."""
+        """'6×6, T = 0.05, J = 1, μ = 0, t1 = 1, slmc sampler, transformer H_eff': what tells runs apart."""
         m, kind = config.model, config.sampler.kind
         effective = "no H_eff" if kind == "exact" else f"{config.effective.kind} H_eff"
         hoppings = ", ".join(f"t{n} = {t:g}" for n, t in m.hoppings.items())

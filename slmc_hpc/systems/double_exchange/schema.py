@@ -1,4 +1,4 @@
-"""The double-exchange model's configuration keys: DESIGN §7 (the public contract), with the defaults that measured best.
+"""The double-exchange model's configuration keys (the public contract), with the defaults that measured best.
 
 The framework owns the keys every system shares (output, seed, sampler.chains_per_rank, the self-learning
 loop's `training` keys, ...) and their rules (`slmc_hpc.config`); this module adds the model's own keys
@@ -80,7 +80,9 @@ seed: 1234
 
 def _hoppings(path: str, value: Any) -> dict[int, float]:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of neighbour shell n >= 1 to t_n, e.g. {{1: 1.0}}, got {show(value)}")
+        raise ConfigError(
+            f"{path}: expected a mapping of neighbour shell n >= 1 to t_n, e.g. {{1: 1.0}}, got {show(value)}"
+        )
     out = {}
     for shell, t in value.items():
         if isinstance(shell, bool) or not isinstance(shell, int) or shell < 1:

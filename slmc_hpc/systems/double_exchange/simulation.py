@@ -9,7 +9,7 @@ from slmc_hpc.core.protocols import LearningPlan, Stepper, Tuned
 from slmc_hpc.errors import InputError
 from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
 from slmc_hpc.systems.double_exchange.physics import DoubleExchange, random_spins
-from slmc_hpc.systems.double_exchange.samplers import ExactLocalSweep, slmc_chain
+from slmc_hpc.systems.double_exchange.samplers import ExactLocalSweep, measure, slmc_chain
 from slmc_hpc.systems.double_exchange.samplers.slmc import inner_mode
 
 #: Inner chain of the training rounds where the sampler's is `auto` (tuned only after training):
@@ -27,6 +27,21 @@ def training_inner_chain(inner_sweeps, inner_block, n_sites: int) -> tuple[int, 
     sweeps = TRAINING_INNER_SWEEPS if inner_sweeps == "auto" else int(inner_sweeps)
     block = max(1, n_sites // 2) if inner_block == "auto" else int(inner_block)
     return sweeps, block
+
+
+def learning_plan(action, inner_sweeps="auto", inner_block="auto") -> LearningPlan:
+    """Self-learning for spins: rounds of SLMC under the current H_eff (training inner chain for `auto`
+    settings), exact local sweeps as warm-up, the loss per site, and H_eff = 0 as the trivial model."""
+    n_sites = action.model.n_sites
+    sweeps, block = training_inner_chain(inner_sweeps, inner_block, n_sites)
+    return LearningPlan(
+        round_stepper=lambda effective: slmc_chain(action, effective, sweeps, block),
+        loss_scale=float(n_sites),
+        config_shape=(n_sites, 3),
+        warmup_stepper=lambda: ExactLocalSweep(action),
+        # H_eff = 0 (no coupling fitted yet): the proposals are uniform on the spheres.
+        trivial=lambda effective: not np.any(effective.parameters()["couplings"]),
+    )
 
 
 class DoubleExchangeSimulation:
@@ -62,7 +77,7 @@ class DoubleExchangeSimulation:
 
     def measure(self, state: ChainState) -> dict[str, np.ndarray]:
         """Observables of the current configurations, from the cached eigenvalues."""
-        return self.model.observables(state.config, state.rows["eigenvalues"])
+        return measure(self.action, state)
 
     # -- steps -------------------------------------------------------------------------------------
     def stepper(self) -> Stepper:
@@ -74,16 +89,7 @@ class DoubleExchangeSimulation:
         return slmc_chain(self.action, self.effective, self.settings["inner_sweeps"], self.settings["inner_block"])
 
     def learning(self) -> LearningPlan:
-        sweeps, block = training_inner_chain(
-            self.config.sampler.inner_sweeps, self.config.sampler.inner_block, self.model.n_sites
-        )
-        return LearningPlan(
-            round_stepper=lambda effective: slmc_chain(self.action, effective, sweeps, block),
-            loss_scale=float(self.model.n_sites),
-            warmup_stepper=lambda: ExactLocalSweep(self.action),
-            # H_eff = 0 (no coupling fitted yet): the proposals are uniform on the spheres.
-            trivial=lambda effective: not np.any(effective.parameters()["couplings"]),
-        )
+        return learning_plan(self.action, self.config.sampler.inner_sweeps, self.config.sampler.inner_block)
 
     def tune(self, state: ChainState, comm) -> Tuned:
         """Measure the inner chain where it is `auto` with the frozen H_eff, and fix it for production."""

@@ -76,9 +76,18 @@ class Lattice4D:
         bc_bwd = torch.ones(_N_DIM, volume, dtype=torch.float64)
         bc_fwd[3, t == shape[3] - 1] = -1.0
         bc_bwd[3, t == 0] = -1.0
-        for name, value in [("coords", coords), ("fwd", fwd), ("bwd", bwd), ("parity", parity), ("even", even),
-                            ("odd", odd), ("half_index", half_index), ("eta", eta), ("bc_fwd", bc_fwd),
-                            ("bc_bwd", bc_bwd)]:
+        for name, value in [
+            ("coords", coords),
+            ("fwd", fwd),
+            ("bwd", bwd),
+            ("parity", parity),
+            ("even", even),
+            ("odd", odd),
+            ("half_index", half_index),
+            ("eta", eta),
+            ("bc_fwd", bc_fwd),
+            ("bc_bwd", bc_bwd),
+        ]:
             object.__setattr__(self, name, value)
 
     @property

@@ -286,8 +286,10 @@ def conjugate_gradient(
         stuck = iters[chains] >= max_iter
         if bool(stuck.any()):
             worst = torch.sqrt(rr[chains] / bb[chains]).max().item()
-            raise CGNotConverged(f"CG did not reach |r|/|b| < {tol:g} in {max_iter} iterations on chains "
-                                 f"{chains[stuck].tolist()} (worst |r|/|b| = {worst:.3e})")
+            raise CGNotConverged(
+                f"CG did not reach |r|/|b| < {tol:g} in {max_iter} iterations on chains "
+                f"{chains[stuck].tolist()} (worst |r|/|b| = {worst:.3e})"
+            )
         pc, rc, rrc = p[chains], r[chains], rr[chains]
         ap = apply(pc, chains)
         alpha = (rrc / _vdot(pc, ap).real).reshape(-1, *([1] * (b.dim() - 1)))

@@ -111,7 +111,9 @@ def rebuild(stored: StoredModel, lattice: Lattice) -> EffectiveModel:
 
     attrs = stored.attrs
     architecture = SimpleNamespace(
-        kind=str(attrs["kind"]), n_J=int(attrs["n_J"]), n_layers=int(attrs.get("n_layers", 0)),
+        kind=str(attrs["kind"]),
+        n_J=int(attrs["n_J"]),
+        n_layers=int(attrs.get("n_layers", 0)),
         n_att=int(attrs.get("n_att", 0)),
     )
     if architecture.kind not in KINDS:
@@ -120,12 +122,14 @@ def rebuild(stored: StoredModel, lattice: Lattice) -> EffectiveModel:
     optional = model.OPTIONAL_PARAMETERS
     parameters = {}
     for name, value in model.parameters().items():
-        found = stored.parameters.get(name)
-        if found is None and name in optional:
+        if name in optional:  # set as stored below (a proposal of another lattice is refitted, not used)
             continue
+        found = stored.parameters.get(name)
         if found is None or found.shape != value.shape:
             shape = "nothing" if found is None else found.shape
-            raise InputError(f"{stored.source}:/model/{name}: expected a parameter of shape {value.shape}, found {shape}")
+            raise InputError(
+                f"{stored.source}:/model/{name}: expected a parameter of shape {value.shape}, found {shape}"
+            )
         parameters[name] = found
     parameters.update({name: stored.parameters[name] for name in optional if name in stored.parameters})
     model.set_parameters(parameters)

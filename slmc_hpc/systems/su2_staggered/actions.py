@@ -1,0 +1,141 @@
+"""The exact action S(U) = S_g - (Nf/4) log det M_ee, its force, and pbp, by the two evaluators.
+
+`dense`: log det M_ee by a dense Cholesky, the exact force from M_ee^-1, the exact pbp; noise-free, any
+n_flavors; O(V^3). `cg`: pseudofermions phi = (D^dag eta)_e drawn with the true operator at the start of
+each trajectory (`refresh`) and held fixed through the MD and the test, S = S_g + phi^dag M_ee^-1 phi by
+conjugate gradients to a stated residual, pbp from noise vectors; O(V) per CG iteration. n_flavors 0 is
+pure gauge for both (pbp = 0 by its definition, (Nf/4) Re Tr D^-1 / V).
+
+Links arrive as numpy complex128 [B, 4, V, 2, 2] (the chains' state) or torch tensors (the MD's field).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slmc_hpc.core.chains import ChainState
+from slmc_hpc.core.protocols import Evaluation
+from slmc_hpc.systems.su2_staggered import gauge, staggered
+from slmc_hpc.systems.su2_staggered.lattice import Lattice4D
+
+#: CG settings (`evaluator.options` of cg): relative residual of every solve, its iteration cap, and the
+#: noise vectors of one pbp estimate.
+CG_TOL, CG_MAX_ITER, N_NOISE = 1e-10, 10_000, 4
+
+
+def as_links(links) -> torch.Tensor:
+    """The torch view of links (numpy arrays are shared, not copied)."""
+    return links if isinstance(links, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(links))
+
+
+class GaugeAction:
+    """What both evaluators share: the lattice, the couplings and the gauge part."""
+
+    def __init__(self, lattice: Lattice4D, beta: float, mass: float, n_flavors: int):
+        self.lattice, self.beta, self.mass, self.n_flavors = lattice, float(beta), float(mass), int(n_flavors)
+
+    def gauge_action(self, links) -> torch.Tensor:
+        return gauge.gauge_action(as_links(links), self.lattice, self.beta)
+
+    def action_of(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(rows["action"], dtype=np.float64)
+
+    @staticmethod
+    def _evaluation(action: torch.Tensor) -> Evaluation:
+        action = action.detach().numpy().astype(np.float64)
+        return Evaluation(action, action, {"action": action})
+
+
+class DenseAction(GaugeAction):
+    """The exact action with log det M_ee by Cholesky (one factorisation per evaluation or force)."""
+
+    def evaluate(self, links) -> Evaluation:
+        links = as_links(links)
+        action = self.gauge_action(links)
+        if self.n_flavors:
+            action = action + staggered.fermion_action_dense(links, self.lattice, self.mass, self.n_flavors)
+        return self._evaluation(action)
+
+    def force(self, links) -> torch.Tensor:
+        """d_a S [B, 4, V, 3]: the gauge force and the exact fermion force from one Cholesky factor."""
+        links = as_links(links)
+        force = gauge.gauge_force(links, self.lattice, self.beta)
+        if self.n_flavors:
+            force = force + staggered.fermion_force_dense(links, self.lattice, self.mass, self.n_flavors)
+        return force
+
+    def pbp(self, state: ChainState) -> np.ndarray:
+        """The exact (Nf/4) Re Tr D^-1 / V per chain."""
+        if not self.n_flavors:
+            return np.zeros(state.batch)
+        return staggered.pbp_dense(as_links(state.config), self.lattice, self.mass, self.n_flavors).numpy()
+
+
+class PseudofermionAction(GaugeAction):
+    """S = S_g + phi^dag M_ee^-1 phi (Nf = 4) with phi fixed per trajectory; every solve by CG to `tol`.
+
+    `iterations` counts the CG iterations and solves since the last `take_iterations()`.
+    """
+
+    def __init__(self, lattice: Lattice4D, beta: float, mass: float, n_flavors: int, **options):
+        super().__init__(lattice, beta, mass, n_flavors)
+        if n_flavors not in (0, 4):
+            raise ValueError(f"pseudofermions by CG serve n_flavors 0 or 4 (2 needs RHMC), got {n_flavors}")
+        self.tol = float(options.get("tol", CG_TOL))
+        self.max_iter = int(options.get("max_iter", CG_MAX_ITER))
+        self.n_noise = int(options.get("n_noise", N_NOISE))
+        self.phi: torch.Tensor | None = None
+        self._iterations: list[torch.Tensor] = []
+
+    def refresh(self, state: ChainState) -> np.ndarray:
+        """Draw phi = (D^dag eta)_e with the true operator (eta from each chain's stream); S of the current links."""
+        if self.n_flavors:
+            self.phi = staggered.draw_pseudofermion(as_links(state.config), self.lattice, self.mass, state.rngs)
+        return self.evaluate(state.config).action
+
+    def evaluate(self, links) -> Evaluation:
+        links = as_links(links)
+        action = self.gauge_action(links)
+        if self.n_flavors:
+            fermion, iterations = staggered.pseudofermion_action(
+                links, self.lattice, self.mass, self.phi, self.tol, self.max_iter
+            )
+            self._iterations.append(iterations)
+            action = action + fermion
+        return self._evaluation(action)
+
+    def force(self, links) -> torch.Tensor:
+        links = as_links(links)
+        force = gauge.gauge_force(links, self.lattice, self.beta)
+        if self.n_flavors:
+            fermion, iterations = staggered.pseudofermion_force(
+                links, self.lattice, self.mass, self.phi, self.tol, self.max_iter
+            )
+            self._iterations.append(iterations)
+            force = force + fermion
+        return force
+
+    def take_iterations(self) -> dict[str, np.ndarray]:
+        """Mean CG iterations per solve per chain since the last call (none without fermions)."""
+        if not self._iterations:
+            return {}
+        mean = torch.stack(self._iterations).to(torch.float64).mean(dim=0).numpy()
+        self._iterations = []
+        return {"cg_iterations": mean}
+
+    def pbp(self, state: ChainState) -> np.ndarray:
+        """An unbiased noise estimate per chain: the mean of `n_noise` complex Z2 vectors (from the chains' streams)."""
+        if not self.n_flavors:
+            return np.zeros(state.batch)
+        estimates = staggered.pbp_noise(
+            as_links(state.config),
+            self.lattice,
+            self.mass,
+            self.n_flavors,
+            state.rngs,
+            self.n_noise,
+            tol=self.tol,
+            max_iter=self.max_iter,
+        )
+        return estimates.mean(dim=1).numpy()
