@@ -83,30 +83,31 @@ def test_pseudofermion_trajectory_is_reversible():
 
 @pytest.mark.parametrize("evaluator", ["dense", "cg"])
 def test_exp_minus_dh_averages_to_one(evaluator):
-    """<exp(-dH)> = 1 for any step size (here large: acceptance about 0.6), the identity exact HMC rests on."""
+    """<exp(-dH)> = 1 in equilibrium for any step size (here leapfrog with acceptance about 0.8): the identity
+    exact HMC rests on (measured: 1.003(7) dense, 1.001(7) cg with 48 chains)."""
     sim = simulation((4, 2, 2, 2), evaluator=evaluator, integrator="leapfrog")
-    state = chains(sim, 48, seed=3)
-    stepper = sim.hmc(3)
-    run(stepper, state, 5)
-    infos = run(stepper, state, 25)
+    state = chains(sim, 24, seed=3)
+    stepper = sim.hmc(6)
+    run(stepper, state, 10)
+    infos = run(stepper, state, 30)
     dh = np.array([info.samples["dH"] for info in infos])
     mean, error = chain_means(np.exp(-dh))
     acceptance = np.mean([info.accepted for info in infos])
     print(f"{evaluator}: <exp(-dH)> = {mean:.4f} ± {error:.4f}, <dH> = {dh.mean():.3f}, acceptance {acceptance:.2f}")
-    assert 0.4 < acceptance < 0.9 and dh.mean() > 0.1, "the step size should make dH visible"
-    assert abs(mean - 1.0) < 3 * error and error < 0.05
+    assert 0.6 < acceptance < 0.95 and dh.mean() > 0.03, "the step size should make dH visible"
+    assert abs(mean - 1.0) < 3 * error and error < 0.02
 
 
 @pytest.mark.parametrize("evaluator", ["dense", "cg"])
 def test_pure_gauge_plaquette_at_small_beta_is_the_strong_coupling_value(evaluator):
     """Nf = 0, beta = 0.5: <plaquette> = I_2(beta)/I_1(beta) = 0.1237 (corrections O(beta^5) ~ 3e-5)."""
     beta = 0.5
-    sim = simulation((4, 4, 4, 4), evaluator=evaluator, n_flavors=0, beta=beta)
+    sim = simulation((4, 4, 2, 2), evaluator=evaluator, n_flavors=0, beta=beta)
     state = chains(sim, 16, seed=5)
     stepper = sim.hmc(4)
     run(stepper, state, 10)
     plaquettes = []
-    for _ in range(60):
+    for _ in range(50):
         stepper.step(state)
         plaquettes.append(sim.measure(state)["plaquette"])
     mean, error = chain_means(plaquettes)
@@ -118,19 +119,20 @@ def test_pure_gauge_plaquette_at_small_beta_is_the_strong_coupling_value(evaluat
 
 def test_a_trajectory_does_not_depend_on_the_other_chains_of_its_batch():
     """Bit for bit: chain histories do not depend on how chains are grouped (ranks, batches)."""
-    sim = simulation((4, 2, 2, 2), evaluator="cg")
-    whole = chains(sim, 3, seed=7)
-    parts = [chains(sim, 3, seed=7) for _ in range(2)]
+    sims = [simulation((4, 2, 2, 2), evaluator="cg") for _ in range(3)]  # each batch its own pseudofermions
+    whole = chains(sims[0], 3, seed=7)
+    parts = [chains(sim, 3, seed=7) for sim in sims[1:]]
     for part, keep in zip(parts, (slice(0, 1), slice(1, 3)), strict=True):
         part.config, part.action = part.config[keep].copy(), part.action[keep].copy()
         part.rows = {name: values[keep].copy() for name, values in part.rows.items()}
         part.rngs, part.chains = part.rngs[keep], part.chains[keep]
     for _ in range(2):
-        sim.hmc(4).step(whole)
-        for part in parts:
-            sim.hmc(4).step(part)
+        infos = [sim.hmc(4).step(state) for sim, state in zip(sims, [whole, *parts], strict=True)]
     assert np.array_equal(whole.config, np.concatenate([p.config for p in parts]))
-    assert np.array_equal(sim.measure(whole)["pbp"], np.concatenate([sim.measure(p)["pbp"] for p in parts]))
+    for name in ("dH", "cg_iterations"):
+        assert np.array_equal(infos[0].samples[name], np.concatenate([i.samples[name] for i in infos[1:]])), name
+    pbp = [sim.measure(state)["pbp"] for sim, state in zip(sims, [whole, *parts], strict=True)]
+    assert np.array_equal(pbp[0], np.concatenate(pbp[1:]))
 
 
 def test_dense_and_cg_agree_at_the_seeds_couplings():
@@ -138,11 +140,11 @@ def test_dense_and_cg_agree_at_the_seeds_couplings():
     results = {}
     for evaluator in ("dense", "cg"):
         sim = simulation((4, 4, 2, 2), evaluator=evaluator)
-        state = chains(sim, 24, seed=11 if evaluator == "dense" else 12)
+        state = chains(sim, 16, seed=11 if evaluator == "dense" else 12)
         stepper = sim.hmc(6)
         run(stepper, state, 15)
         series = {name: [] for name in ("plaquette", "polyakov", "pbp")}
-        for _ in range(40):
+        for _ in range(30):
             stepper.step(state)
             for name, values in sim.measure(state).items():
                 series[name].append(values)

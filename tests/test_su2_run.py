@@ -36,7 +36,11 @@ DESIGN_JOB = {
     "effective": {"kind": "stout", "n_layers": 2, "loops": ["plaquette", "rectangle", "chair", "polyakov"]}
     | {"mass": 0.4},
 }
-LONG = {"sampler": {"md_steps": 4, "thermalization": 2, "measurements": 400}, "seed": 5}
+LONG = {
+    "model": {"shape": [2, 2, 2, 4]},
+    "sampler": {"md_steps": 2, "thermalization": 2, "measurements": 80},
+    "seed": 5,
+}
 OFTEN = {"output": {"checkpoint_every": 0.3}}
 OBSERVABLES = ("plaquette", "polyakov", "pbp", "dH", "acceptance")
 
@@ -80,11 +84,11 @@ def test_stopped_gauge_runs_resume_bit_for_bit(tmp_path, evaluator, signum):
     config = write_job(tmp_path, "run", _merge(job, OFTEN))
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
     proc = launch(2, config, log)
-    wait_for_phase(proc, run_dir, "production", log, measurements=20)
+    wait_for_phase(proc, run_dir, "production", log, measurements=10)
     status = interrupt(proc, signum)
     if signum == signal.SIGTERM:
         assert status == 0 and "stopped by signal" in log.read_text()
-    assert checkpoint_counters(run_dir)["measurements"] < 400
+    assert checkpoint_counters(run_dir)["measurements"] < 80
     assert "resuming" in run(2, config).stderr
     assert_same_samples(run_dir, tmp_path / "reference")
     if evaluator == "cg":

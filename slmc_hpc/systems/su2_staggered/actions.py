@@ -75,7 +75,7 @@ class DenseAction(GaugeAction):
 class PseudofermionAction(GaugeAction):
     """S = S_g + phi^dag M_ee^-1 phi (Nf = 4) with phi fixed per trajectory; every solve by CG to `tol`.
 
-    `iterations` counts the CG iterations and solves since the last `take_iterations()`.
+    `take_iterations()` gives the mean CG iterations per solve of the current trajectory (from its `refresh`).
     """
 
     def __init__(self, lattice: Lattice4D, beta: float, mass: float, n_flavors: int, **options):
@@ -89,15 +89,21 @@ class PseudofermionAction(GaugeAction):
         self._iterations: list[torch.Tensor] = []
 
     def refresh(self, state: ChainState) -> np.ndarray:
-        """Draw phi = (D^dag eta)_e with the true operator (eta from each chain's stream); S of the current links."""
+        """Draw phi = (D^dag eta)_e with the true operator (eta from each chain's stream); S of the current links.
+
+        A trajectory starts here, so the CG count starts again (it must not depend on what ran before a restart).
+        """
+        self._iterations = []
         if self.n_flavors:
             self.phi = staggered.draw_pseudofermion(as_links(state.config), self.lattice, self.mass, state.rngs)
         return self.evaluate(state.config).action
 
     def evaluate(self, links) -> Evaluation:
+        """S under the pseudofermions of the current trajectory (before the first one: the gauge part alone,
+        which no test uses: every trajectory's test compares both ends under its own phi, `refresh`)."""
         links = as_links(links)
         action = self.gauge_action(links)
-        if self.n_flavors:
+        if self.n_flavors and self.phi is not None:
             fermion, iterations = staggered.pseudofermion_action(
                 links, self.lattice, self.mass, self.phi, self.tol, self.max_iter
             )
@@ -117,7 +123,7 @@ class PseudofermionAction(GaugeAction):
         return force
 
     def take_iterations(self) -> dict[str, np.ndarray]:
-        """Mean CG iterations per solve per chain since the last call (none without fermions)."""
+        """Mean CG iterations per solve per chain since the trajectory began (none without fermions)."""
         if not self._iterations:
             return {}
         mean = torch.stack(self._iterations).to(torch.float64).mean(dim=0).numpy()
