@@ -19,7 +19,7 @@ from slmc_hpc.systems.double_exchange.effective import make_effective, transfer
 from slmc_hpc.systems.double_exchange.effective.starting import proposal_for_lattice
 from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
 from slmc_hpc.systems.double_exchange.physics import DoubleExchange
-from slmc_hpc.systems.double_exchange.samplers import ExactLocalSweep, init_chains, slmc_chain
+from slmc_hpc.systems.double_exchange.samplers import init_chains, slmc_chain
 from slmc_hpc.systems.double_exchange.simulation import learning_plan
 from tests.test_slmc_exactness import assert_agrees, sample
 
@@ -45,17 +45,6 @@ def physics(size: int):
     return model, SpinAction(make_evaluator("dense", model))
 
 
-@pytest.fixture(scope="module")
-def exact():
-    """Exact local MC per lattice: per-chain means of the observables."""
-    out = {}
-    for size, chains, sweeps in ((4, 24, 150), (6, 12, 90)):
-        model, evaluator = physics(size)
-        state = init_chains(evaluator, seed=500 + size, chains=range(chains))
-        out[size] = sample(ExactLocalSweep(evaluator).step, evaluator, state, steps=sweeps, thermalization=30)[0]
-    return out
-
-
 def bootstrapped(size: int):
     """A transformer trained on `size` x `size` from nothing, with 8 chains, as a run's train phase does."""
     model, evaluator = physics(size)
@@ -68,7 +57,7 @@ def bootstrapped(size: int):
 
 
 @pytest.mark.parametrize("source, target", [(4, 6), (6, 4)])
-def test_transferred_model_is_exact_on_another_lattice(exact, source, target):
+def test_transferred_model_is_exact_on_another_lattice(exact_local_mc, source, target):
     trained, results, learner = bootstrapped(source)
     # Bootstrap: the first round samples random configurations; the fitted rounds are accepted often.
     assert results[-1].acceptance > 0.2, [r.acceptance for r in results]
@@ -86,4 +75,4 @@ def test_transferred_model_is_exact_on_another_lattice(exact, source, target):
     means, _, acceptance = sample(sampler.step, evaluator, state, steps=250, thermalization=40)
     print(f"{source}x{source} -> {target}x{target}: outer acceptance {acceptance:.2f}")
     assert acceptance > 0.1, f"a transferred model should still be accepted, got {acceptance}"
-    assert_agrees(exact[target], means)
+    assert_agrees(exact_local_mc[target].means, means)

@@ -10,7 +10,15 @@ For each size it runs, one after the other on the same machine, real `slmc-hpc r
 - the exact local MC, short (`--exact-sweeps`): its time per sweep is measured; its τ_int(ms) comes
   from the Γ-method where the run is at least 20 τ long, and is otherwise taken from a long exact run
   at L = `--tau-size` (8: 200 sweeps, about 2 minutes), said in the table. τ of the local MC in sweeps
-  grows with L, so this underestimates the exact MC's cost at larger L: the speed-ups are lower bounds.
+  grows with L, so this underestimates the exact MC's cost at larger L: the speed-ups are lower bounds;
+- exact HMC (`hmc`: eigenvector forces, Omelyan, md_steps tuned for acceptance 0.8, the strong exact
+  baseline) and self-learning HMC (`slhmc-transformer`, `slhmc-linear`: the same training as SLMC, then
+  trajectories under H_eff's force, length and steps tuned by ESJD per second), with `--hmc-measurements`
+  trajectories and `--hmc-chains-per-rank` chains (an exact trajectory costs md_steps + 1 `eigh`).
+
+Every speed-up is given against the exact local MC and against the best exact method of the size (the
+one with the most production ESS/s of ms: exact HMC from L = 8 on). A diagonalisation is one `eigvalsh`
+or one `eigh` (a force).
 
 Per run it prints the self-learning time (warmup + train + tune phases), production acceptance,
 τ_int(ms), production ESS/s of ms, ESS(ms) per exact diagonalisation (training, tuning,
@@ -46,6 +54,14 @@ from slmc_hpc.config import config_from_dict, to_yaml
 from slmc_hpc.parallel import launcher_env
 
 TARGET_ESS = 1000.0
+#: The methods of a row: (sampler.kind, effective.kind or None).
+METHODS = {
+    "transformer": ("slmc", "transformer"),
+    "linear": ("slmc", "linear"),
+    "hmc": ("hmc", None),
+    "slhmc-transformer": ("slhmc", "transformer"),
+    "slhmc-linear": ("slhmc", "linear"),
+}
 
 
 def run_job(settings: dict, run_dir: Path, ranks: int) -> float:
@@ -66,18 +82,25 @@ def results_of(run_dir: Path) -> dict:
 
 
 def summarize_slmc(run_dir: Path, wall: float) -> dict:
+    """An SLMC, exact HMC or SLHMC run: its phases' times, acceptance, τ_int and ESS of ms and Ω, ESS per
+    diagonalisation (a trajectory of exact HMC costs md_steps + 1 of them per chain, SLMC and SLHMC steps one)."""
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
         attrs = f.attrs
         seconds = {k[len("seconds_") :]: float(v) for k, v in attrs.items() if k.startswith("seconds_")}
         n_chains, steps = f["samples"]["omega"].shape
         acceptance = float(np.mean(f["samples"]["acceptance"][()]))
-        training_samples = float(f["training"]["round_samples"][-1]) if len(f["training"]["round_samples"]) else 0.0
-        tune_steps = int(attrs.get("tune_outer_steps", 0))
-        inner = (int(attrs["inner_sweeps"]), int(attrs["inner_block"]))
+        rounds = f["training"]["round_samples"] if "round_samples" in f.get("training", {}) else []
+        training_samples = float(rounds[-1]) if len(rounds) else 0.0
+        tune_steps = int(attrs.get("tune_outer_steps", attrs.get("tune_trajectories", 0)))
+        if "inner_sweeps" in attrs:
+            inner = f"{int(attrs['inner_sweeps'])} / {int(attrs['inner_block'])}"
+        else:
+            inner = f"τ {float(attrs['trajectory_length']):g}, {int(attrs['md_steps'])} steps"
         config = config_from_dict(YAML(typ="safe", pure=True).load(str(attrs["config_yaml"])))
     results = results_of(run_dir)
     self_learning = sum(seconds.get(p, 0.0) for p in ("warmup", "train", "freeze", "tune"))
-    evaluations = training_samples + n_chains * (tune_steps + config.sampler.thermalization + steps)
+    per_step = 1 + (2 * int(attrs["md_steps"]) + 1 if config.sampler.kind == "hmc" else 0)  # Omelyan's forces
+    evaluations = training_samples + n_chains * per_step * (tune_steps + config.sampler.thermalization + steps)
     rate = results["ms"]["ess"] / seconds["production"]
     return {
         "wall": wall,
@@ -88,6 +111,8 @@ def summarize_slmc(run_dir: Path, wall: float) -> dict:
         "tau_ms": results["ms"]["tau_int"],
         "ess_ms": results["ms"]["ess"],
         "ess_per_s": rate,
+        "ess_per_s_omega": results["omega"]["ess"] / seconds["production"],
+        "tau_omega": results["omega"]["tau_int"],
         "ess_per_evaluation": results["ms"]["ess"] / evaluations,
         "time_to_target": self_learning + seconds.get("thermalize", 0.0) + TARGET_ESS / rate,
         "inner": inner,
@@ -116,6 +141,7 @@ def summarize_exact(run_dir: Path, wall: float, tau_fallback: tuple[float, int] 
         "tau_ms": tau,
         "tau_source": source,
         "ess_per_s": n_chains / (2.0 * tau * per_sweep),
+        "ess_per_s_omega": np.nan,
         "time_to_target": TARGET_ESS * 2.0 * tau * per_sweep / n_chains,
         "ess_per_evaluation": 1.0 / (2.0 * tau * run_sites(run_dir)),
     }
@@ -127,25 +153,33 @@ def run_sites(run_dir: Path) -> int:
 
 
 def table(size: int, exact: dict, rows: dict[str, dict]) -> str:
+    best_exact = max([exact, *(r for name, r in rows.items() if name == "hmc")], key=lambda r: r["ess_per_s"])
+    best_name = "exact HMC" if best_exact is not exact else "exact local MC"
     lines = [
         f"L = {size} (N = {size * size}); exact local MC: {1e3 * exact['seconds_per_sweep']:.0f} ms per sweep, "
         f"τ_int(ms) = {exact['tau_ms']:.1f} sweeps ({exact['tau_source']}), "
-        f"{exact['time_to_target'] / 60:.1f} min to ESS(ms) = 1000",
+        f"{exact['time_to_target'] / 60:.1f} min to ESS(ms) = 1000; best exact method: {best_name}",
         "",
-        "| model | wall (s) | self-learning (s) | share | inner sweeps/block | acceptance | τ_int(ms) | ESS(ms) "
-        "| ESS/s | ESS per ED | min to ESS 1000 | × exact (production) | × exact (with training) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | wall (s) | self-learning (s) | share | inner sweeps/block or trajectory | acceptance | τ_int(ms) "
+        "| τ_int(Ω) | ESS(ms) | ESS/s ms | ESS/s Ω | ESS per ED | min to ESS 1000 | × local MC (production) "
+        "| × local MC (with training) | × best exact (production) | × best exact (with training) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['wall']:.0f} | {r['self_learning']:.0f} | {r['self_learning'] / r['wall']:.0%} "
-            f"| {r['inner'][0]} / {r['inner'][1]} | {r['acceptance']:.3f} | {r['tau_ms']:.2f} | {r['ess_ms']:.0f} "
-            f"| {r['ess_per_s']:.2f} | {r['ess_per_evaluation']:.3f} | {r['time_to_target'] / 60:.1f} "
-            f"| {r['ess_per_s'] / exact['ess_per_s']:.0f}× | {exact['time_to_target'] / r['time_to_target']:.0f}× |"
+            f"| {r['inner']} | {r['acceptance']:.3f} | {r['tau_ms']:.2f} | {r['tau_omega']:.2f} | {r['ess_ms']:.0f} "
+            f"| {r['ess_per_s']:.2f} | {r['ess_per_s_omega']:.2f} | {r['ess_per_evaluation']:.3f} "
+            f"| {r['time_to_target'] / 60:.1f} | {r['ess_per_s'] / exact['ess_per_s']:.0f}× "
+            f"| {exact['time_to_target'] / r['time_to_target']:.0f}× | {r['ess_per_s'] / best_exact['ess_per_s']:.1f}× "
+            f"| {best_exact['time_to_target'] / r['time_to_target']:.1f}× |"
         )
     if "transformer" in rows and "linear" in rows:
         ratio = rows["transformer"]["ess_per_s"] / rows["linear"]["ess_per_s"]
         lines += ["", f"transformer / all-shell linear, production ESS/s of ms: {ratio:.2f}"]
+    fastest = max(rows, key=lambda name: rows[name]["ess_per_s"])
+    soonest = min(rows, key=lambda name: rows[name]["time_to_target"])
+    lines += [f"fastest in production: {fastest}; soonest to ESS(ms) = 1000 with training: {soonest}"]
     return "\n".join(lines)
 
 
@@ -153,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16])
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=["transformer", "linear"], choices=["transformer", "linear"])
+    parser.add_argument("--models", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--hmc-measurements", type=int, default=200, help="trajectories of the (SL)HMC runs")
+    parser.add_argument("--hmc-chains-per-rank", type=int, default=4, help="chains per rank of the exact HMC runs")
     parser.add_argument(
         "--exact-sweeps",
         type=int,
@@ -201,9 +237,16 @@ def main(argv: list[str] | None = None) -> int:
             rows = {}
             for name in args.models:
                 run_dir = base / f"L{size}_{name}"
-                settings = {**lattice, "effective": {"kind": name}}
-                if args.measurements:
-                    settings["sampler"] = {"measurements": args.measurements}
+                kind, effective = METHODS[name]
+                settings = {**lattice, "sampler": {"kind": kind}}
+                if effective:
+                    settings["effective"] = {"kind": effective}
+                if kind in ("hmc", "slhmc"):
+                    settings["sampler"]["measurements"] = args.hmc_measurements
+                    if kind == "hmc":
+                        settings["sampler"]["chains_per_rank"] = args.hmc_chains_per_rank
+                elif args.measurements:
+                    settings["sampler"]["measurements"] = args.measurements
                 wall = run_job(settings, run_dir, args.ranks)
                 rows[name] = summarize_slmc(run_dir, wall)
                 print(f"#   L={size} {name}: {wall:.0f} s wall", flush=True)

@@ -24,20 +24,21 @@ class Dynamics(Protocol):
     """Molecular dynamics on one configuration space.
 
     `field(configs)` gives the working representation of the MD (a copy); `configs(field)` turns it back
-    into the state's. `draw_momenta(rngs)` draws each chain's momenta from its own stream; `kinetic(p)` is
-    K per chain [B] (float64); `drift(field, p, eps)` moves the field along p for a time eps and
-    `kick(p, force, eps)` the momenta, p <- p - eps * force, both returning the new values.
+    into the state's. `draw_momenta(rngs, field)` draws each chain's momenta from its own stream (in the
+    tangent space at `field`); `kinetic(p)` is K per chain [B] (float64); `drift(field, p, eps)` moves the
+    field along p for a time eps and returns (field, momenta) (on a curved space the momenta are carried
+    along); `kick(p, force, eps)` is p <- p - eps * force, with the force already in the tangent space.
     """
 
     def field(self, configs: np.ndarray) -> Any: ...
 
     def configs(self, field: Any) -> np.ndarray: ...
 
-    def draw_momenta(self, rngs: list[np.random.Generator]) -> Any: ...
+    def draw_momenta(self, rngs: list[np.random.Generator], field: Any) -> Any: ...
 
     def kinetic(self, momenta: Any) -> np.ndarray: ...
 
-    def drift(self, field: Any, momenta: Any, eps: float) -> Any: ...
+    def drift(self, field: Any, momenta: Any, eps: float) -> tuple[Any, Any]: ...
 
     def kick(self, momenta: Any, force: Any, eps: float) -> Any: ...
 
@@ -72,11 +73,11 @@ class HMCUpdate:
 
     def propose(self, state: ChainState) -> Proposal:
         d = self.dynamics
-        momenta = d.draw_momenta(state.rngs)
+        field = d.field(state.config)
+        momenta = d.draw_momenta(state.rngs, field)
         action_before = self.refresh(state) if self.refresh is not None else None
         uniforms = np.array([rng.random() for rng in state.rngs])
         started = time.perf_counter()
-        field = d.field(state.config)
         kinetic_before = d.kinetic(momenta)
 
         def kick(eps: float) -> None:
@@ -84,8 +85,8 @@ class HMCUpdate:
             momenta = d.kick(momenta, self.force(field), eps)
 
         def drift(eps: float) -> None:
-            nonlocal field
-            field = d.drift(field, momenta, eps)
+            nonlocal field, momenta
+            field, momenta = d.drift(field, momenta, eps)
 
         integrate(self.integrator, self.n_steps, self.step_size, kick, drift)
         correction = -(d.kinetic(momenta) - kinetic_before)
@@ -98,3 +99,51 @@ class HMCUpdate:
             timings={"inner": time.perf_counter() - started},
             samples=samples,
         )
+
+
+#: md_steps auto: trajectories per chain and round, and the rounds of `tune_md_steps`.
+TRAJECTORIES_PER_ROUND = 4
+MIN_ROUNDS, MAX_ROUNDS = 3, 10
+
+
+def target_energy_violation(acceptance: float) -> float:
+    """The mean dH whose trajectories are accepted with probability `acceptance`: (2 erfcinv(a))^2."""
+    from scipy.special import erfcinv
+
+    return float((2.0 * erfcinv(acceptance)) ** 2)
+
+
+def tune_md_steps(make_stepper, state: ChainState, comm, first_steps: int, target: float) -> tuple[int, list]:
+    """The MD step count for `target` acceptance, measured on real trajectories (which thermalise meanwhile).
+
+    For a second-order integrator the mean energy violation <dH> of a trajectory scales as eps^4 and the
+    acceptance is erfc(sqrt(<dH>)/2) (dH Gaussian with variance 2<dH>, as <exp(-dH)> = 1 demands), so one
+    measurement predicts the step count. `make_stepper(n)` is the HMC with n steps (an OuterChain recording
+    dH). Each round runs TRAJECTORIES_PER_ROUND trajectories of every chain; <dH> comes from <dH^2>
+    (= <dH>^2 + 2<dH> for Gaussian dH, less noisy than <dH>), globally over the ranks (rank 0's numbers,
+    broadcast), and the count is rescaled by (<dH>/target)^(1/4), at most 4x up or 2x down per round. It stops
+    when the count is the same two rounds in a row (after MIN_ROUNDS). Returns (md_steps, [(n, acceptance,
+    <dH>) per round]).
+    """
+    from slmc_hpc import parallel
+
+    wanted = target_energy_violation(target)
+    n, rows, previous = max(1, int(first_steps)), [], None
+    for round_ in range(MAX_ROUNDS):
+        stepper = make_stepper(n)
+        squares, accepted, count = 0.0, 0.0, 0
+        for _ in range(TRAJECTORIES_PER_ROUND):
+            dh = stepper.step(state).samples["dH"]
+            squares += float(np.sum(dh * dh))
+            accepted += float(np.sum(np.minimum(1.0, np.exp(-dh))))
+            count += dh.size
+        total = parallel.allreduce_sum(comm, np.array([squares, accepted, float(count)]))
+        total = parallel.broadcast_array(comm, total)
+        violation = float(np.sqrt(1.0 + total[0] / total[2]) - 1.0)
+        rows.append((n, float(total[1] / total[2]), violation))
+        scale = (max(violation, 1e-12) / wanted) ** 0.25
+        chosen = int(min(4 * n, max(1, int(np.ceil(n * scale)), n // 2)))
+        if round_ + 1 >= MIN_ROUNDS and chosen == n and previous == n:
+            break
+        previous, n = n, chosen
+    return n, rows

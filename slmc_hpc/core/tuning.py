@@ -26,7 +26,7 @@ from slmc_hpc.core.protocols import Stepper
 class Trial:
     """One candidate's measurement (global over ranks)."""
 
-    settings: dict[str, int]
+    settings: dict[str, float]
     steps: int
     acceptance: float
     seconds_per_step: float
@@ -34,7 +34,10 @@ class Trial:
     score: float = float("nan")
 
     def row(self) -> str:
-        settings = "  ".join(f"{name} {value:5d}" for name, value in self.settings.items())
+        settings = "  ".join(
+            f"{name} {value:5d}" if isinstance(value, int) else f"{name} {value:5.3g}"
+            for name, value in self.settings.items()
+        )
         return (
             f"{settings}  acceptance {self.acceptance:.3f}  "
             f"{1e3 * self.seconds_per_step:8.1f} ms/step  ESJD/s {self.score:.3g}"
@@ -46,7 +49,7 @@ def measure_stepper(
     state: ChainState,
     steps: int,
     observe: Callable[[ChainState], np.ndarray],
-    settings: dict[str, int],
+    settings: dict[str, float],
     comm=None,
 ) -> tuple[Trial, np.ndarray]:
     """Run `steps` steps; (its Trial without score, the observables visited [steps + 1, B, k]).
@@ -76,12 +79,12 @@ def measure_stepper(
 class Ladder:
     """Every trial measured so far, and the scores that compare them."""
 
-    def __init__(self, measure: Callable[[dict[str, int]], tuple[Trial, np.ndarray]], comm=None):
+    def __init__(self, measure: Callable[[dict[str, float]], tuple[Trial, np.ndarray]], comm=None):
         self.measure, self.comm = measure, comm
         self.trials: list[Trial] = []
         self._visited: list[np.ndarray] = []
 
-    def run(self, settings: dict[str, int]) -> Trial:
+    def run(self, settings: dict[str, float]) -> Trial:
         trial, seen = self.measure(settings)
         self.trials.append(trial)
         self._visited.append(seen.reshape(-1, seen.shape[-1]))
@@ -99,7 +102,7 @@ class Ladder:
             trial.score = float(np.mean(trial.jumps / variance) / trial.seconds_per_step)
         return max(candidates, key=lambda t: t.score)
 
-    def climb(self, trials: list[Trial], candidates: Iterable[dict[str, int]]) -> list[Trial]:
+    def climb(self, trials: list[Trial], candidates: Iterable[dict[str, float]]) -> list[Trial]:
         """Measure candidates in order until two in a row score below the best so far (one low score does not
         end it: the measurements are noisy); returns `trials` with the measured ones appended."""
         for settings in candidates:

@@ -23,11 +23,12 @@ from slmc_hpc.config import (
     positive_number,
     show,
 )
+from slmc_hpc.core.integrators import INTEGRATORS
 from slmc_hpc.core.protocols import Schema
 
 EVALUATOR_KINDS = ("dense", "cupy", "slepc")
 EFFECTIVE_KINDS = ("linear", "transformer")
-SAMPLER_KINDS = ("exact", "slmc")
+SAMPLER_KINDS = ("exact", "slmc", "hmc", "slhmc")
 
 DEFAULT_YAML = """\
 model:
@@ -64,11 +65,15 @@ training:
   patience: 4             # validations without improvement that end a round
   precision: float32      # gradient passes: float32 (faster) or float64; H_eff itself is always float64
 sampler:
-  kind: slmc              # exact | slmc
+  kind: slmc              # exact | slmc | hmc | slhmc
   chains_per_rank: 8
   inner_sweeps: auto      # slmc: inner sweeps (N proposals each) per outer step (auto: measured, see tune)
   inner_block: auto       # slmc + transformer: moves per sub-chain under the fitted linear proposal (0: none)
-  thermalization: 50      # outer steps (slmc) or sweeps (exact) before measuring
+  trajectory_length: auto # hmc, slhmc: MD time per trajectory (auto: hmc 1.0; slhmc measured with md_steps)
+  md_steps: auto          # hmc: steps for target_acceptance; slhmc: measured by ESJD per second (tune phase)
+  integrator: omelyan     # omelyan | leapfrog
+  target_acceptance: 0.8  # hmc with md_steps auto: the acceptance the step size is chosen for
+  thermalization: 50      # outer steps (slmc), sweeps (exact) or trajectories (hmc, slhmc) before measuring
   measurements: 1000
   measure_every: 1
 output:
@@ -111,6 +116,10 @@ RULES = {
         "kind": choice(*SAMPLER_KINDS),
         "inner_sweeps": auto_or(at_least(1), "measured before production"),
         "inner_block": auto_or(at_least(0), "measured before production"),
+        "trajectory_length": auto_or(positive_number, "hmc 1.0, slhmc measured before production"),
+        "md_steps": auto_or(at_least(1), "chosen before production"),
+        "integrator": choice(*INTEGRATORS),
+        "target_acceptance": bounded(number, lambda v: 0 < v < 1, "> 0 and < 1"),
     },
 }
 
@@ -163,6 +172,12 @@ def check(cfg) -> None:
     """Rules that involve more than one key."""
     check_temperature(cfg.model)
     ev = cfg.evaluator
+    if cfg.sampler.kind == "hmc" and ev.kind != "dense":
+        raise ConfigError(
+            f"evaluator.kind: exact HMC takes its forces from the eigenvectors of the dense evaluator, which {ev.kind} "
+            "does not give (slepc distributes one matrix; cupy has not been run on a GPU by the project); set "
+            "evaluator.kind: dense, or sampler.kind: slhmc (its MD needs no eigenvectors)"
+        )
     if ev.ranks_per_config > 1 and ev.kind != "slepc":
         raise ConfigError(
             f"evaluator.ranks_per_config: must be 1 unless evaluator.kind is slepc "

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from slmc_hpc.core.chains import ChainState, OuterChain
-from slmc_hpc.core.hmc import HMCUpdate
+from slmc_hpc.core.hmc import TRAJECTORIES_PER_ROUND, HMCUpdate, tune_md_steps
 from slmc_hpc.core.protocols import LearningPlan, Stepper, Tuned
 from slmc_hpc.errors import InputError
 from slmc_hpc.systems.su2_staggered import gauge
 from slmc_hpc.systems.su2_staggered.actions import DenseAction, PseudofermionAction, as_links
 from slmc_hpc.systems.su2_staggered.lattice import Lattice4D
 from slmc_hpc.systems.su2_staggered.links import haar_links, identity_links
-from slmc_hpc.systems.su2_staggered.md import TRAJECTORIES_PER_ROUND, LinkDynamics, tune_md_steps
+from slmc_hpc.systems.su2_staggered.md import FIRST_STEP, LinkDynamics
 
 
 def build_action(config, lattice: Lattice4D):
@@ -85,9 +87,8 @@ class GaugeSimulation:
         s = self.config.sampler
         md_steps, report, attrs = self.settings["md_steps"], [], {}
         if md_steps == "auto":
-            md_steps, rows = tune_md_steps(
-                self.hmc, state, comm, s.integrator, s.trajectory_length, s.target_acceptance
-            )
+            first = max(1, math.ceil(s.trajectory_length / FIRST_STEP[s.integrator]))
+            md_steps, rows = tune_md_steps(self.hmc, state, comm, first, s.target_acceptance)
             attrs["tune_trajectories"] = len(rows) * TRAJECTORIES_PER_ROUND
             report.append(f"MD steps chosen for acceptance {s.target_acceptance} ({s.integrator}):")
             report.extend(

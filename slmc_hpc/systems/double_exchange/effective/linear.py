@@ -1,4 +1,4 @@
-"""Linear (Heisenberg) effective model of Liu et al. 2017 (DESIGN §3).
+"""Linear (Heisenberg) effective model of Liu et al. 2017 (docs/design.md §3).
 
     H_eff = E_0 - Σ_{n=1}^{n_J} J_n Σ_{<ij>_n} S_i·S_j,    Σ_{<ij>_n} = ½ Σ_i Σ_{δ∈D_n}
 
@@ -101,6 +101,17 @@ class LinearModel:
             before = np.einsum("bza,ba->bz", neighbours, old) ** 2
             delta = delta + (others * self._column_quad * (after - before)).sum(axis=1)
         return delta
+
+    def force(self, spins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H_eff [B], ∂H_eff/∂S [B, N, 3]): -h_k from the Heisenberg couplings, 2 K (S_k·S_j) S_j from the
+        biquadratic ones (every δ of a shell has its -δ, so each pair's two halves give the same term)."""
+        spins = np.asarray(spins, dtype=np.float64)
+        neighbours = spins[:, self._all_neighbors]  # [B, N, Z, 3]
+        gradient = -np.einsum("z,bnza->bna", self._column_weights, neighbours)
+        if self.biquadratic is not None:
+            dots = np.einsum("bna,bnza->bnz", spins, neighbours)
+            gradient = gradient + 2.0 * np.einsum("z,bnz,bnza->bna", self._column_quad, dots, neighbours)
+        return self.energy(spins), gradient
 
     def field_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(neighbours [N, Z], column weights J_n [Z], self weights c_k [N], column K_n [Z]): the local ΔH."""

@@ -1,4 +1,4 @@
-"""O(3)-equivariant transformer effective model (Nagai & Tomiya, JPSJ 93, 114007 (2024); DESIGN §3).
+"""O(3)-equivariant transformer effective model (Nagai & Tomiya, JPSJ 93, 114007 (2024); docs/design.md §3).
 
 Layer l maps effective spins S^(l-1) -> S^(l) (S^(0) = S):
 
@@ -164,6 +164,15 @@ class TransformerModel:
         if energy is None:
             energy = self.energy(spins)
         return self.energy(after) - energy
+
+    def force(self, spins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H_eff [B], ∂H_eff/∂S [B, N, 3]) by autograd through the network, float64 (self-learning HMC)."""
+        mixers, readout = self._inference_matrices()
+        with torch.enable_grad():
+            x = torch.from_numpy(np.array(spins, dtype=np.float64)).requires_grad_(True)
+            energy = self.module.energy(x, [m.clone() for m in mixers], readout.clone())  # (inference tensors)
+            (gradient,) = torch.autograd.grad(energy.sum(), x)
+        return energy.detach().numpy(), gradient.numpy()
 
     def energy_chunked(self, spins: np.ndarray) -> np.ndarray:
         """`energy` of many configurations, CHUNK at a time (bitwise the same: rows are independent)."""

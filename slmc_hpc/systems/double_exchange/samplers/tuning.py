@@ -96,3 +96,53 @@ def tune_inner_chain(
         for trial in ladder.trials:
             report(trial)
     return chosen_sweeps, block, ladder.trials
+
+
+#: Self-learning HMC: candidate trajectory lengths (measured in this order at STEP_SIZE), then candidate step
+#: counts at the chosen length, from STEP_SIZE's down to coarser steps (each halving halves the forces).
+CANDIDATE_LENGTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
+STEP_SIZE = 0.1
+STEPS_PER_TRAJECTORY_CANDIDATE = 8
+
+
+def tune_trajectory(
+    make_stepper,
+    action,
+    state: ChainState,
+    trajectory_length,
+    md_steps,
+    comm=None,
+    steps: int = STEPS_PER_TRAJECTORY_CANDIDATE,
+    report=None,
+) -> tuple[float, int, list[Trial]]:
+    """The (trajectory_length, md_steps) of self-learning HMC with the most ESJD of Ω/N and ms per second.
+
+    `make_stepper(length, n)` is the SLHMC with the frozen H_eff. Lengths ascend at a fine step (STEP_SIZE)
+    until two in a row score below the best (a longer trajectory moves further but drifts from exp(-Ω/T)),
+    then the step count descends from there by halving (cheaper trajectories, lower acceptance) by the same
+    rule. Explicit values are kept as given.
+    """
+    observe = _observer(action)
+
+    def measure(settings: dict) -> tuple[Trial, np.ndarray]:
+        stepper = make_stepper(settings["trajectory_length"], settings["md_steps"])
+        return measure_stepper(stepper, state, steps, observe, settings, comm)
+
+    def candidate(length: float, n: int | None = None) -> dict:
+        n = n if n is not None else max(1, int(np.ceil(length / STEP_SIZE - 1e-9)))
+        return {"trajectory_length": float(length), "md_steps": int(n)}
+
+    ladder = Ladder(measure, comm)
+    lengths = CANDIDATE_LENGTHS if trajectory_length == "auto" else (float(trajectory_length),)
+    fixed_steps = None if md_steps == "auto" else int(md_steps)
+    first = ladder.climb([], [candidate(length, fixed_steps) for length in lengths])
+    chosen = ladder.best(first)
+    length, n = chosen.settings["trajectory_length"], chosen.settings["md_steps"]
+    if md_steps == "auto":
+        coarser = [n // k for k in (2, 4, 8) if n // k >= 1]
+        second = ladder.climb([chosen], [candidate(length, m) for m in coarser])
+        n = ladder.best(second).settings["md_steps"]
+    if report is not None:
+        for trial in ladder.trials:
+            report(trial)
+    return length, n, ladder.trials
