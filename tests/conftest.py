@@ -36,3 +36,25 @@ def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, cw
 @pytest.fixture
 def run_mpi():
     return mpirun
+
+
+@pytest.fixture(scope="session")
+def exact_local_mc():
+    """The exact local MC of 4x4 and 6x6 at t = 1, J = 1, μ = 0, T = 0.1 (τ_int(ms) a few sweeps there), for the
+    exactness tests of every other sampler: per size, the per-chain means of omega, m, ms, nn and the visited
+    (spins, Ω) of every sweep (data to fit effective models on)."""
+    from types import SimpleNamespace
+
+    from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
+    from slmc_hpc.systems.double_exchange.physics import DoubleExchange
+    from slmc_hpc.systems.double_exchange.samplers import ExactLocalSweep, init_chains
+    from tests.test_slmc_exactness import sample
+
+    out = {}
+    for size, chains, sweeps in ((4, 24, 150), (6, 12, 90)):
+        model = DoubleExchange(lx=size, ly=size, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.1)
+        action = SpinAction(make_evaluator("dense", model))
+        state = init_chains(action, seed=500 + size, chains=range(chains))
+        means, configs, _ = sample(ExactLocalSweep(action).step, action, state, steps=sweeps, thermalization=30)
+        out[size] = SimpleNamespace(model=model, action=action, means=means, configs=configs)
+    return out

@@ -1,4 +1,4 @@
-"""Wilson plaquette action, plaquette and Polyakov loop observables, staples and the gauge force (DESIGN §9).
+"""Wilson plaquette action, plaquette and Polyakov loop observables, staples and the gauge force (docs/design.md §9).
 
 S_g = beta sum_n sum_{mu<nu} (1 - 1/2 Re tr U_munu(n)), U_munu(n) = U_mu(n) U_nu(n+mu) U_mu(n+nu)^dag U_nu(n)^dag.
 Everything is differentiable torch code (the effective actions need autograd through smeared links).

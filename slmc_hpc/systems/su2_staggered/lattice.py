@@ -1,4 +1,4 @@
-"""Four-dimensional periodic lattice: site index, neighbours, parity and staggered phases (DESIGN §9).
+"""Four-dimensional periodic lattice: site index, neighbours, parity and staggered phases (docs/design.md §9).
 
 Site index n = x + Lx*(y + Ly*(z + Lz*t)); directions mu = 0..3 are x, y, z, t (t last).
 All tables are torch tensors so that gathers along them stay inside torch (and autograd).

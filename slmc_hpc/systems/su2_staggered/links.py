@@ -1,4 +1,4 @@
-"""SU(2) link fields, su(2) algebra, momenta and gauge transformations (DESIGN §9).
+"""SU(2) link fields, su(2) algebra, momenta and gauge transformations (docs/design.md §9).
 
 A link field is a complex128 tensor [B, 4, V, 2, 2]: B independent Markov chains, direction mu, site n.
 An SU(2) matrix is the quaternion a0 + i a.sigma with |(a0, a)| = 1, i.e. [[a0 + i a3, a2 + i a1],

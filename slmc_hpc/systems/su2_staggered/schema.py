@@ -1,6 +1,6 @@
 """Configuration keys of SU(2) lattice gauge theory with staggered fermions (`model.kind: su2_staggered`).
 
-The key names are DESIGN §9's (the public contract); the framework adds its own (output, seed, the
+The key names are docs/design.md §9's (the public contract); the framework adds its own (output, seed, the
 sampler's chain counts and measurements, `training`). Defaults are the seeds' point: 4^4, beta = 2.7,
 m = 0.3, Nf = 4, exact HMC with the dense log det.
 """

@@ -1,4 +1,4 @@
-"""Staggered fermions with even/odd preconditioning: operators, exact (dense) and pseudofermion actions (DESIGN §9).
+"""Staggered fermions with even/odd preconditioning: operators, exact (dense) and pseudofermion actions.
 
     Dhop psi(n) = 1/2 sum_mu eta_mu(n) [U_mu(n) psi(n+mu) - U_mu(n-mu)^dag psi(n-mu)]   (antiperiodic in t)
     D = m + Dhop,  M_ee = m^2 - D_eo D_oe = m^2 + D_eo D_eo^dag,  det D = det M_ee
