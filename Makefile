@@ -15,7 +15,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 export H5PY_ALWAYS_USE_MPI := 1
 
-.PHONY: install install-gpu apt venv test test-cluster bench scaling lint demo clean bench-scale
+.PHONY: install install-gpu apt venv test test-cluster bench scaling lint demo demo-scan clean bench-scale bench-gauge
 
 install: apt $(VENV)/.installed
 
@@ -68,6 +68,10 @@ bench: install
 bench-scale: install
 	$(PY) tools/bench_scale.py --sizes 8 12 16
 
+# Exact HMC of SU(2) with staggered fermions, dense against cg, at 4^4, 6^4, 8^4 (about 35 minutes, run it alone).
+bench-gauge: install
+	$(PY) tools/bench_gauge.py
+
 # Weak and strong scaling over MPI rank counts (tools/scaling.py --help for a cluster's rank counts).
 scaling: install
 	$(PY) tools/scaling.py --repeat 3
@@ -81,6 +85,13 @@ demo: install
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun -n 2 $(VENV)/bin/python -m mpi4py -m slmc_hpc run
 	$(VENV)/bin/slmc-hpc plot runs/demo
+
+# A small temperature scan as one job (3 points of 4x4, linear SLMC) on 2 ranks: the merged table and the scan plot.
+demo-scan: install
+	rm -rf runs/demo_scan
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun -n 2 $(VENV)/bin/python -m mpi4py -m slmc_hpc run jobs/examples/demo_scan.yaml
+	$(VENV)/bin/slmc-hpc analyze runs/demo_scan
+	$(VENV)/bin/slmc-hpc plot runs/demo_scan
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -28,6 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from slmc_hpc.errors import InputError
 from slmc_hpc.io.integrity import READ_ERRORS, DamagedFileError, damaged, read, read_attrs
+from slmc_hpc.io.rundir import run_state
 from slmc_hpc.io.runfile import plain_value
 
 #: Jackknife blocks are this many (largest) τ_int long.
@@ -41,19 +42,29 @@ RUN_FILE = "run.h5"
 
 
 def run_file(path: Path) -> Path:
-    """The run.h5 of a run: `path` is its directory (output.dir) or the file itself; else InputError."""
+    """The run.h5 of a run: `path` is its directory (output.dir) or the file itself; else InputError that says
+    what `path` is instead (a job file, a folder without a run, nothing)."""
     path = Path(path)
     if path.is_file():
+        if path.suffix != ".h5" and not h5py.is_hdf5(path):  # a damaged run.h5 is named as damaged, later
+            hint = f"; to run it: slmc-hpc run {path}" if path.suffix in (".yaml", ".yml", ".json") else ""
+            raise InputError(f"{path} is not a run: give a run directory (output.dir of a run) or its {RUN_FILE}{hint}")
         return path
     if not path.exists():
         raise InputError(f"run directory not found: {path} (expected the output.dir of a run, or its {RUN_FILE})")
     candidate = path / RUN_FILE
     if not candidate.is_file():
-        raise InputError(f"{candidate} does not exist (is {path} the output.dir of a run?)")
+        raise InputError(f"{path} holds no {RUN_FILE}: not a run directory (or the run has not started yet)")
     return candidate
 
 
 def read_samples(path: Path, attempts: int = 3) -> tuple[dict[str, np.ndarray], dict]:
+    """See `_read_samples`; `path` may be the run directory (its run.h5 is read)."""
+    path = run_file(path)
+    return _read_samples_retrying(path, attempts)
+
+
+def _read_samples_retrying(path: Path, attempts: int) -> tuple[dict[str, np.ndarray], dict]:
     """The complete measurements of every scalar observable ([n_chains, n_measurements] each) and run info.
 
     Only the first /samples.attrs["n_measurements"] columns are read: later ones may be half written.
@@ -117,7 +128,7 @@ def _read_samples(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         samples = {name: np.asarray(read(group[name], np.s_[:, :n_meas]), dtype=np.float64) for name in names}
         info = {
             "path": path,
-            "status": str(attrs.get("status", "unknown")),
+            "status": run_state(path.parent, str(attrs.get("status", "unknown"))),
             "config_yaml": config_yaml,
             "config": config,  # parsed once, for analysis and plots
             "run_config": run_config,  # validated: its system declares the observables (None if it cannot be)
@@ -263,8 +274,9 @@ def energy_violation_check(samples: dict[str, np.ndarray]) -> dict:
 # -- field observables (shape != ()) ----------------------------------------------------------------------
 
 
-def field_chain_means(path: Path, name: str, block: int = 256) -> np.ndarray | None:
-    """Per chain, the mean over complete measurements of the field observable `/samples/<name>` [C, *shape].
+def field_chain_means(path: Path, name: str, block: int = 256, skip: int = 0) -> np.ndarray | None:
+    """Per chain, the mean over complete measurements (after the first `skip`) of the field observable
+    `/samples/<name>` [C, *shape].
 
     Read in blocks of measurements (the dataset can be large), through the checksums; None if the run has
     no such dataset or no complete measurement.
@@ -276,12 +288,12 @@ def field_chain_means(path: Path, name: str, block: int = 256) -> np.ndarray | N
             data, n = f["samples"][name], int(f["samples"].attrs.get("n_measurements", 0))
         except READ_ERRORS as exc:
             raise damaged(path, f"/samples/{name}", exc) from None
-        if n == 0:
+        if n <= skip:
             return None
         chain_sums = sum(
-            np.asarray(read(data, np.s_[:, k : min(k + block, n)])).sum(axis=1) for k in range(0, n, block)
+            np.asarray(read(data, np.s_[:, k : min(k + block, n)])).sum(axis=1) for k in range(skip, n, block)
         )
-    return chain_sums / n
+    return chain_sums / (n - skip)
 
 
 def field_views(info: dict) -> dict:
@@ -302,7 +314,7 @@ def format_value(mean: float, error: float | None) -> str:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'observable':<16} {'value(error)':>22} {'tau_int':>14} {'ESS':>10}"]
+    lines = [f"{'observable':<16} {'value(error)':>22} {'tau_int':>14} {'ESS':>10} {'R_hat':>7}"]
     for name, r in results.items():
         tau = r.get("tau_int")
         if r.get("constant"):
@@ -314,7 +326,8 @@ def format_table(results: dict) -> str:
         else:
             tau_text = f"{tau:.3g}"
         ess = f"{r['ess']:.0f}" if r.get("ess") is not None else "-"
-        lines.append(f"{name:<16} {format_value(r['mean'], r['error']):>22} {tau_text:>14} {ess:>10}")
+        r_hat = f"{r['r_hat']:.3f}" if r.get("r_hat") is not None else "-"
+        lines.append(f"{name:<16} {format_value(r['mean'], r['error']):>22} {tau_text:>14} {ess:>10} {r_hat:>7}")
     return "\n".join(lines)
 
 
@@ -359,7 +372,7 @@ def write_results_group(path: Path, results: dict, info: dict) -> bool:
 
 
 #: Columns of results.csv, one row per observable; an empty cell is "not defined" (e.g. τ_int of a constant).
-CSV_COLUMNS = ("observable", "mean", "error", "tau_int", "tau_int_error", "ess", "n_chains", "n_measurements")
+CSV_COLUMNS = ("observable", "mean", "error", "tau_int", "tau_int_error", "ess", "r_hat", "n_chains", "n_measurements")
 
 
 def _cell(value) -> str:
@@ -414,35 +427,83 @@ def finite_samples(samples: dict[str, np.ndarray], path: Path) -> dict[str, np.n
 MIN_MEASUREMENTS = 5
 
 
-def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False) -> dict:
+def skip_and_bin(samples: dict[str, np.ndarray], skip: int = 0, bin_size: int = 1) -> dict[str, np.ndarray]:
+    """Drop the first `skip` measurements of every chain, then average consecutive blocks of `bin_size` (a
+    remainder at the end is dropped). Rebinning leaves means and errors as they are and divides τ_int by about
+    `bin_size`; skipping removes what was not yet in equilibrium."""
+    if skip < 0 or bin_size < 1:
+        raise InputError(f"--skip must be >= 0 and --bin >= 1, got {skip} and {bin_size}")
+    out = {}
+    for name, chains in samples.items():
+        kept = chains[:, skip:]
+        blocks = kept.shape[1] // bin_size
+        out[name] = kept[:, : blocks * bin_size].reshape(kept.shape[0], blocks, bin_size).mean(axis=2)
+    return out
+
+
+#: Split-R̂ above this is reported as chains that disagree (Gelman & Rubin's classic threshold).
+R_HAT_WARNING = 1.1
+
+
+def split_r_hat(chains: np.ndarray) -> float | None:
+    """Split-R̂ of chains [C, n]: every chain halved, then sqrt of (pooled variance estimate / within-chain
+    variance). Near 1 when the chains sample the same distribution; well above 1 when they disagree (a chain
+    stuck, not thermalised, a bug). None for fewer than 4 measurements or no variance."""
+    chains = np.asarray(chains, dtype=np.float64)
+    half = chains.shape[1] // 2
+    if half < 2:
+        return None
+    parts = np.concatenate([chains[:, :half], chains[:, half : 2 * half]])
+    within = parts.var(axis=1, ddof=1).mean()
+    if not within > 0:
+        return None
+    between = half * parts.mean(axis=1).var(ddof=1)
+    pooled = (half - 1) / half * within + between / half
+    return float(np.sqrt(pooled / within))
+
+
+def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False, skip: int = 0, bin_size: int = 1) -> dict:
     """Analyse a run (its directory or run.h5): print a table, write results.json and /results next to run.h5.
 
-    csv: also results.csv (the table) and a CSV per field observable (structure_factor.csv: <S(q)> per
-    momentum); samples_csv: also the raw samples as samples.csv. Returns {observable: stats}. Nothing is
-    written unless every dataset used was read without a checksum error (a damaged file is an InputError
-    naming the dataset).
+    csv: also results.csv (the table) and the field observables' CSV files (structure_factor.csv and
+    correlation.csv for spins); samples_csv: also the raw samples as samples.csv. `skip` and `bin_size`: see
+    `skip_and_bin`. Every observable gets split-R̂ (`r_hat`); chains that disagree (R̂ > 1.1) are warned about.
+    Returns {observable: stats}. Nothing is written unless every dataset used was read without a checksum error
+    (a damaged file is an InputError naming the dataset).
     """
     path = run_file(run)
     out_dir = path.parent
     samples, info = read_samples(path)
-    if info["n_measurements"] < MIN_MEASUREMENTS:  # e.g. still thermalising: not an error, nothing to report yet
+    samples = skip_and_bin(samples, skip, bin_size) if (skip or bin_size > 1) else samples
+    usable = next(iter(samples.values())).shape[1] if samples else 0
+    if usable < MIN_MEASUREMENTS:  # e.g. still thermalising: not an error, nothing to report yet
         print(
-            f"{path} ({info['status']}): {info['n_measurements']} complete measurements; the Γ-method needs "
-            f"at least {MIN_MEASUREMENTS} per chain, nothing to analyse yet"
+            f"{path} ({info['status']}): {usable} usable measurements (of {info['n_measurements']}); the "
+            f"Γ-method needs at least {MIN_MEASUREMENTS} per chain, nothing to analyse yet"
         )
         return {}
     views = field_views(info)
-    fields = {name: field_chain_means(path, name) for name in views}
+    fields = {name: field_chain_means(path, name, skip=skip) for name in views}
     fields = {name: means for name, means in fields.items() if means is not None}
     n_chains = next(iter(samples.values())).shape[0]
     finite = finite_samples(samples, path)
     results = {name: gamma_analysis(chains, name) for name, chains in finite.items()}
     results.update(energy_violation_check(finite))
+    for name, chains in finite.items():
+        results[name]["r_hat"] = None if results[name].get("constant") else split_r_hat(chains)
     run_config = info["run_config"]
     if run_config is not None:
         results.update(derived_quantities(finite, results, run_config.system.derived(run_config)))
-    print(f"{path} ({info['status']}, {info['n_measurements']} measurements x {n_chains} chains)")
+    binned = f", binned by {bin_size}" if bin_size > 1 else ""
+    skipped = f", first {skip} skipped" if skip else ""
+    print(f"{path} ({info['status']}, {usable} measurements x {n_chains} chains{skipped}{binned})")
     print(format_table(results))
+    disagree = [f"{n} (R̂ = {r['r_hat']:.2f})" for n, r in results.items() if (r.get("r_hat") or 0) > R_HAT_WARNING]
+    if disagree:
+        sys.stderr.write(
+            f"slmc-hpc: warning: {path}: the chains disagree on {', '.join(disagree)}: not thermalised, or stuck; "
+            "look at the time series (slmc-hpc plot), skip the start (--skip N) or measure longer\n"
+        )
     for name, means in fields.items():
         for line in views[name].lines(means, format_value):
             print(line)
@@ -452,7 +513,7 @@ def analyze_run(run: Path, csv: bool = False, samples_csv: bool = False) -> dict
     if csv:
         written.append(export_results_csv(results, out_dir / "results.csv"))
         for name, means in fields.items():
-            written.append(views[name].write_csv(means, out_dir / views[name].csv_name))
+            written.extend(views[name].write_csv(means, out_dir))
     if samples_csv:
         written.append(export_samples_csv(samples, out_dir / "samples.csv"))
     for file in written:

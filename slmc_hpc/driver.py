@@ -172,7 +172,7 @@ class Run:
         self.progress = Progress(str(c["phase"]), int(c["step"]), int(c["measurements"]), int(c["rounds"]))
         for key in self.simulation.settings:  # the update's settings as tuned (or `auto` before the tune phase)
             if key in c:
-                self.simulation.settings[key] = c[key] if c[key] == "auto" else int(c[key])
+                self.simulation.settings[key] = c[key]
         if self.progress.phase == DONE and self.progress.measurements < self.config.sampler.measurements:
             # A finished run whose production is extended: its chains continue where they stopped.
             done = self.progress.measurements
@@ -412,12 +412,13 @@ def _check_job(config: Config, topo: Topology, node_ranks: int, force: bool, fre
     return rundir.open(config, topo.n_chains, topo.size, force=force, fresh=fresh)
 
 
-def run_simulation(config: Config, force: bool = False, fresh: bool = False) -> None:
-    """Run (or resume) the simulation that `config` describes, on every rank of MPI.COMM_WORLD.
+def run_simulation(config: Config, force: bool = False, fresh: bool = False, comm=None) -> str:
+    """Run (or resume) the simulation that `config` describes, on every rank of `comm` (MPI.COMM_WORLD).
 
     `force`: resume although the configuration changed; `fresh`: delete the run directory's run and start afresh.
+    Returns how the run ended: "finished" or "stopped" (by a signal, checkpointed).
     """
-    comm = world()
+    comm = world() if comm is None else comm
     topo = build_topology(config, comm)
     run_dir = Path(config.output.dir)
     rundir = RunDirectory(run_dir)
@@ -428,6 +429,8 @@ def run_simulation(config: Config, force: bool = False, fresh: bool = False) -> 
         with StopFlag() as stop:
             run = Run(config, topo, mode, stop, rundir)
             if topo.rank == 0:
+                for warning in config.system.warnings(config):
+                    sys.stderr.write(f"slmc-hpc: warning: {warning}\n")
                 action = "resuming" if mode == "resume" else "starting"
                 sys.stderr.write(
                     f"slmc-hpc: {action} {run_dir} at phase {run.progress.phase} "
@@ -439,6 +442,7 @@ def run_simulation(config: Config, force: bool = False, fresh: bool = False) -> 
                 if topo.rank == 0:
                     _print_results(run_dir)
             except Interrupted:
+                run.runfile.set_attrs(status="stopped")  # readers (analyze, plot) say so; a resume sets it back
                 run.runfile.close()
                 ended = "stopped"
                 if topo.rank == 0:
@@ -448,3 +452,4 @@ def run_simulation(config: Config, force: bool = False, fresh: bool = False) -> 
                     )
     finally:
         rundir.release(ended)
+    return ended

@@ -1,7 +1,7 @@
 """Everything that touches MPI: communicators, chain distribution, RNG streams, reductions.
 
 A chain's random numbers come from its own stream, derived from (seed, global chain index), so
-its history does not depend on how many ranks run it (DESIGN §4).
+its history does not depend on how many ranks run it (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ def broadcast_array(comm, array: np.ndarray, root: int = 0) -> np.ndarray:
     if comm is not None and comm.Get_size() > 1:
         comm.Bcast(array, root=root)
     return array
+
+
+def split(comm, color: int):
+    """The ranks of `comm` with the same `color`, as a communicator of their own (rank order kept)."""
+    return comm.Split(int(color), comm.Get_rank())
 
 
 def barrier(comm) -> None:

@@ -105,6 +105,7 @@ def plot_time_series(samples: dict[str, np.ndarray], info: dict, path: Path) -> 
             ax.plot(steps, chains[c], lw=0.5, alpha=0.5, label=f"chain {c}")
         ax.plot(steps, chains.mean(axis=0), color="k", lw=1.0, label=f"mean of {chains.shape[0]} chains")
         ax.axvline(0, color="tab:red", ls="--", lw=1.0)
+        ax.ticklabel_format(axis="y", useOffset=False)  # a density of 1 ± 1e-12 reads as 1, not as 1e-12 + 1
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7, loc="best")
     for ax in axes[-2:]:  # the bottom panel of each column (shared x axes hide the others' labels)
@@ -246,7 +247,7 @@ def plot_run(run: Path, linear: bool = False) -> list[Path]:
         written.append(plot_energy_violation(samples, info, out / "energy_violation.png"))
     for name, means in fields.items():
         if means is not None:
-            written.append(views[name].plot(means, run_label(info), out / views[name].png_name, linear=linear))
+            written.extend(views[name].plot(means, run_label(info), out, linear=linear))
     if training:
         written.append(plot_training(training, info, out / "training.png"))
     for png in written:
@@ -255,44 +256,71 @@ def plot_run(run: Path, linear: bool = False) -> list[Path]:
 
 
 def scan_results(run: Path) -> tuple[dict, dict, dict]:
-    """(the run's configuration as a dict, results, info) of one run of a scan; analyses it if needed."""
+    """(what the run is: `results.describe_run`, its results, its info) of one run of a scan; analyses it if needed."""
+    from slmc_hpc.results import describe_run
+
     path = run_file(run)
     _, info = read_samples(path)
     results_path = path.parent / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else analyze_run(path)
-    return info["config"], results, info
+    return describe_run(info), results, info
 
 
-def _varying_key(configs: list[dict]) -> str:
-    """The model key whose values differ between the runs (the scanned parameter)."""
-    models = [config.get("model", {}) for config in configs]
-    keys = [key for key in models[0] if len({repr(model.get(key)) for model in models}) > 1]
-    numeric = [key for key in keys if all(isinstance(model.get(key), int | float) for model in models)]
+#: Columns of `describe_run` that are not parameters of the physics or the method.
+_NOT_PARAMETERS = ("run",)
+
+
+def scan_axes(rows: list[dict]) -> tuple[str, list[str]]:
+    """(the scanned parameter: the numeric one with the most values; the others that vary, which group curves)."""
+    keys = [k for k in rows[0] if k not in _NOT_PARAMETERS]
+    varying = [k for k in keys if len({repr(row.get(k)) for row in rows}) > 1]
+    numeric = [k for k in varying if all(isinstance(row.get(k), int | float) for row in rows)]
     if not numeric:
         raise InputError(
-            "the runs of a scan must differ in one numeric model key; these differ in: "
-            + (", ".join(keys) or "nothing")
+            "a scan plot needs runs that differ in a numeric parameter; these differ in: "
+            + (", ".join(varying) or "nothing")
         )
-    return numeric[0]
+    x = max(numeric, key=lambda k: len({row[k] for row in rows}))
+    return x, [k for k in varying if k != x]
+
+
+def _common(rows: list[dict], varying: list[str]) -> str:
+    """What all runs of a scan share: 'L 4x4, J 2, mu 0, system double_exchange, sampler exact'."""
+    shared = {k: v for k, v in rows[0].items() if k not in (*varying, *_NOT_PARAMETERS) and v != ""}
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in shared.items())
 
 
 def plot_scan(run_dirs: list[Path], output: Path | None = None) -> Path:
-    """Observables against the scanned model parameter with error bars, one point per run (results.json)."""
+    """Observables against the scanned parameter with error bars, one curve per group of the other parameters
+    that vary (lattice size, model, sampler), with a legend; one point per run (from its results.json)."""
     points = [scan_results(d) for d in run_dirs]
-    key = _varying_key([config for config, _, _ in points])
-    points.sort(key=lambda point: point[0]["model"][key])
-    x = np.array([config["model"][key] for config, _, _ in points], dtype=float)
+    rows = [row for row, _, _ in points]
+    x, grouping = scan_axes(rows)
     common = [name for name in points[0][1] if all(name in results for _, results, _ in points)]
-    names = [name for name in common if name != "acceptance"] + (["acceptance"] if "acceptance" in common else [])
+    names = [n for n in common if n != "acceptance"] + (["acceptance"] if "acceptance" in common else [])
     axis_labels = labels(points[0][2])
+    groups: dict[tuple, list] = {}
+    for row, results, _ in points:
+        groups.setdefault(tuple(row.get(k) for k in grouping), []).append((row[x], results))
     fig, axes = _grid(len(names), row_height=2.6)
     for ax, name in zip(axes, names, strict=False):
-        means = [results[name]["mean"] for _, results, _ in points]
-        errors = [results[name]["error"] for _, results, _ in points]
-        ax.errorbar(x, means, yerr=errors, fmt="o-", ms=4, capsize=3)
+        for key, members in groups.items():
+            members.sort(key=lambda member: member[0])
+            xs = [member[0] for member in members]
+            means = [member[1][name]["mean"] for member in members]
+            errors = [member[1][name]["error"] for member in members]
+            label = ", ".join(f"{k} {v}" for k, v in zip(grouping, key, strict=True)) or None
+            ax.errorbar(xs, means, yerr=errors, fmt="o-", ms=4, capsize=3, label=label)
         ax.set_ylabel(axis_labels.get(name, name))
+    if grouping:
+        axes[0].legend(fontsize=7)
     for ax in axes[-2:]:
-        ax.set_xlabel(key)
-    fig.suptitle(f"scan of {key} ({len(points)} runs, {key} = {x.min():g} ... {x.max():g}): {run_label(points[0][2])}")
+        ax.set_xlabel(x)
+    values = [row[x] for row in rows]
+    fig.suptitle(
+        f"scan of {x} ({len(points)} runs, {x} = {min(values):g} ... {max(values):g}"
+        + (f"; one curve per {', '.join(grouping)}" if grouping else "")
+        + f")\n{_common(rows, [x, *grouping])}"
+    )
     output = Path(output) if output else Path(run_dirs[0]).parent / "scan.png"
     return _save(fig, output)

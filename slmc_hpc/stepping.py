@@ -91,6 +91,8 @@ class StepLoop:
         """
         progress = self.progress()
         self.pace = Pace(progress.phase, total, time.monotonic(), progress.step, progress.measurements)
+        if progress.step >= total:  # nothing to do (warmup_sweeps: 0): no empty progress bar
+            return
         accepted_sum, steps_here = 0.0, 0
         with self._progress_bar(progress.phase, total, progress.step) as bar:
             while progress.step < total:

@@ -172,7 +172,7 @@ def test_outputs_results_json_group_and_csv(tmp_path, capsys):
     for name in ("results.csv", "structure_factor.csv", "samples.csv"):
         assert f"wrote {tmp_path / 'run' / name}" in out
     table = (tmp_path / "run" / "results.csv").read_text().splitlines()
-    assert table[0] == "observable,mean,error,tau_int,tau_int_error,ess,n_chains,n_measurements"
+    assert table[0] == "observable,mean,error,tau_int,tau_int_error,ess,r_hat,n_chains,n_measurements"
     assert [row.split(",")[0] for row in table[1:]] == list(results)
     ms_row = dict(zip(table[0].split(","), table[1 + list(results).index("ms")].split(","), strict=True))
     assert float(ms_row["mean"]) == saved["ms"]["mean"] and float(ms_row["tau_int"]) == saved["ms"]["tau_int"]
@@ -204,7 +204,7 @@ def test_constant_observable_is_reported_as_constant(tmp_path, capsys):
     assert density["tau_int"] is None and density["ess"] is None
     assert density["mean"] == pytest.approx(1.0, abs=1e-15)
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("density"))
-    assert line.split() == ["density", "1", "constant", "-"]
+    assert line.split() == ["density", "1", "constant", "-", "-"]
     assert results["ms"]["tau_int"] > 0.5 and "constant" not in results["ms"]  # a real observable is untouched
 
 

@@ -189,21 +189,22 @@ def test_pbs_script_checkpoints_before_walltime_and_resubmits(tmp_path):
 
 
 def test_temperature_scan_example_runs_and_plots(tmp_path):
-    """jobs/examples/temperature_scan/scan.sh local + plot on a shrunken base job (4x4, 2 temperatures)."""
-    shrink = (
-        "--set model.lx=4 --set model.ly=4 --set sampler.chains_per_rank=2 --set sampler.thermalization=20 "
-        "--set sampler.measurements=200 --set training.warmup_sweeps=5 --set training.rounds=1 "
-        "--set training.outer_steps_per_round=10"
-    )
-    scan = REPO / "jobs" / "examples" / "temperature_scan" / "scan.sh"
-    env = job_env(TEMPERATURES="0.05 0.2", OUT=str(tmp_path / "scan"), PYTHON=sys.executable, RUN_ARGS=shrink)
-    for stage in ("local", "plot"):
-        proc = subprocess.run(["bash", str(scan), stage], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    """jobs/examples/temperature_scan.yaml (a scan as one job), shrunk to 4x4 and 2 temperatures, then the scan
+    directory analysed (one row per point) and plotted (observables against T)."""
+    example = (REPO / "jobs" / "examples" / "temperature_scan.yaml").read_text()
+    job = example.replace("T: [0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2]", "T: [0.05, 0.2]")
+    job = job.replace("lx: 6", "lx: 4").replace("ly: 6", "ly: 4").replace("chains_per_rank: 4", "chains_per_rank: 2")
+    job = job.replace("thermalization: 200", "thermalization: 20").replace("measurements: 2000", "measurements: 200")
+    job = job.replace("rounds: 3", "rounds: 1").replace("outer_steps_per_round: 50", "outer_steps_per_round: 10")
+    job = job.replace("dir: runs/temperature_scan", f"dir: {tmp_path / 'scan'}")
+    (tmp_path / "scan.yaml").write_text(job)
+    run = mpirun(2, ["-m", "slmc_hpc", "run", str(tmp_path / "scan.yaml")])
+    assert "scan of 2 points" in run.stderr
     for temperature in ("0.05", "0.2"):
-        results = tmp_path / "scan" / f"T{temperature}" / "results.json"
-        assert results.exists()
-        with h5py.File(results.parent / "run.h5", "r", locking=False) as f:
-            assert f"T: {temperature}" in f.attrs["config_yaml"]
+        with h5py.File(tmp_path / "scan" / f"T{temperature}" / "run.h5", "r", locking=False) as f:
+            assert f"T: {temperature}" in f.attrs["config_yaml"] and f.attrs["status"] == "finished"
+    analysed = mpirun(1, ["-m", "slmc_hpc", "analyze", str(tmp_path / "scan")])
+    assert "(2 runs, one row each)" in analysed.stdout
+    mpirun(1, ["-m", "slmc_hpc", "plot", str(tmp_path / "scan")])
     png = tmp_path / "scan" / "scan.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -46,16 +46,20 @@ def fake_run(run_dir: Path, temperature: float = 0.05, training: bool = True, se
 
 def test_plot_run_writes_time_series_autocorrelation_sq_and_training(tmp_path):
     paths = plot_run(fake_run(tmp_path / "run"))
-    names = ["time_series.png", "autocorrelation.png", "structure_factor.png", "training.png"]
+    names = ["time_series.png", "autocorrelation.png", "structure_factor.png", "correlation.png", "training.png"]
     assert [p.name for p in paths] == names
     for path in paths:
         assert path.parent == tmp_path / "run" / "plots"
-        assert_png(path, min_bytes=5_000 if path.name == "structure_factor.png" else 10_000)
+        assert_png(path, min_bytes=5_000 if path.name in ("structure_factor.png", "correlation.png") else 10_000)
 
 
 def test_plot_run_without_training(tmp_path):
     paths = plot_run(fake_run(tmp_path / "run", training=False))
-    assert [p.name for p in paths] == ["time_series.png", "autocorrelation.png", "structure_factor.png"]
+    names = ["time_series.png", "autocorrelation.png", "structure_factor.png", "correlation.png"]
+    assert [p.name for p in paths] == names
+    linear = plot_run(tmp_path / "run", linear=True)  # a second figure, the log one stays
+    assert "structure_factor_linear.png" in [p.name for p in linear]
+    assert (tmp_path / "run" / "plots" / "structure_factor.png").exists()
 
 
 def test_plot_scan_over_temperatures(tmp_path):
@@ -80,7 +84,7 @@ def test_missing_run_dir(tmp_path):
 
 def test_plot_accepts_run_h5_and_titles_name_the_run(tmp_path):
     path = fake_run(tmp_path / "run", training=False) / "run.h5"
-    assert [p.parent for p in plot_run(path)] == [tmp_path / "run" / "plots"] * 3
+    assert [p.parent for p in plot_run(path)] == [tmp_path / "run" / "plots"] * 4
     config = {"model": {"lx": 6, "ly": 4, "T": 0.05}, "sampler": {"kind": "slmc"}, "effective": {"kind": "linear"}}
     label = run_label({"run_config": config_from_dict(config)})
     assert label == "6×4, T = 0.05, J = 1, μ = 0, t1 = 1, slmc sampler, linear H_eff"

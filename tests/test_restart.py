@@ -113,7 +113,10 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, exact_reference):
     counters = checkpoint_counters(run_dir)
     assert counters["phase"] == "production" and 10 <= counters["measurements"] < 300
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
-        assert f.attrs["status"] == "running" and f["samples"].attrs["n_measurements"] == counters["measurements"]
+        assert f.attrs["status"] == "stopped" and f["samples"].attrs["n_measurements"] == counters["measurements"]
+    analysed = mpirun(1, ["-m", "slmc_hpc", "analyze", str(run_dir)])  # a stopped run is called stopped everywhere
+    assert "(stopped, " in analysed.stdout and "is being written" not in analysed.stderr
+    assert "status:       stopped" in mpirun(1, ["-m", "slmc_hpc", "status", str(run_dir)]).stdout
 
     # A changed configuration is refused, naming the difference; nothing is touched.
     files = {name: digest(run_dir / name) for name in ("run.h5", "checkpoint.h5")}

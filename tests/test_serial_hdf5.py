@@ -110,7 +110,8 @@ def test_one_process_with_serial_h5py_resumes_and_matches_the_mpi_build(tmp_path
     assert "finished" in status and "3000 / 3000" in status
     serial_cli("plot", run_dir)
     plots = {path.name for path in (run_dir / "plots").iterdir()}
-    assert plots == {"autocorrelation.png", "structure_factor.png", "time_series.png", "training.png"}
+    expected = {"autocorrelation.png", "structure_factor.png", "correlation.png", "time_series.png", "training.png"}
+    assert plots == expected
 
 
 def test_two_ranks_with_serial_h5py_are_refused_before_anything_runs(tmp_path):

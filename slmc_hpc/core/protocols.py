@@ -274,16 +274,14 @@ class Grouping:
 
 
 class FieldView(Protocol):
-    """How analysis and plots present a field observable (shape != ()) from its per-chain means [C, *shape]."""
-
-    csv_name: str
-    png_name: str
+    """How analysis and plots present a field observable (shape != ()) from its per-chain means [C, *shape]:
+    lines printed after the results table, CSV files and PNG figures written into a directory (their paths)."""
 
     def lines(self, chain_means: np.ndarray, format_value: Callable[[float, float | None], str]) -> list[str]: ...
 
-    def write_csv(self, chain_means: np.ndarray, path) -> Any: ...
+    def write_csv(self, chain_means: np.ndarray, directory) -> list: ...
 
-    def plot(self, chain_means: np.ndarray, title: str, path, linear: bool = False) -> Any: ...
+    def plot(self, chain_means: np.ndarray, title: str, directory, linear: bool = False) -> list: ...
 
 
 class System(Protocol):
@@ -293,7 +291,8 @@ class System(Protocol):
     thermalize, production); `learns(config)`: whether an effective model is trained (training data
     are kept); `describe(config)`: one line that tells this run's figures from another's;
     `parameters(config)`: the physical point as a few named values (tables of many runs);
-    `step_name(config)`: what one step is ("sweeps", "outer steps", "trajectories").
+    `step_name(config)`: what one step is ("sweeps", "outer steps", "trajectories"); `warnings(config)`: what
+    a valid job should still be told (printed by rank 0 at the start).
     """
 
     kind: str
@@ -318,6 +317,8 @@ class System(Protocol):
     def step_name(self, config) -> str: ...
 
     def parameters(self, config) -> dict[str, Any]: ...
+
+    def warnings(self, config) -> list[str]: ...
 
     def configuration_bytes(self, config) -> float: ...
 

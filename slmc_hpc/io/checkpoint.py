@@ -137,7 +137,11 @@ def _read(f: h5py.File, path: Path, n_chains: int | None, rows: range | None, ra
         )
     stored_chains = int(attrs["n_chains"])
     if n_chains is not None and stored_chains != n_chains:
-        raise InputError(f"{path}: checkpoint holds {stored_chains} chains, this run has {n_chains}")
+        raise InputError(
+            f"{path}: checkpoint holds {stored_chains} chains, this run has {n_chains} (sampler.chains_per_rank x the "
+            f"number of MPI ranks): resume on as many ranks as wrote it, or set sampler.chains_per_rank so that the "
+            f"product is {stored_chains} again"
+        )
     select = slice(None) if rows is None else slice(rows.start, rows.stop)
     chains = {name: read(ds, select) for name, ds in f["chains"].items() if name != "rng"}
     rng_states = [plain_value(s) for s in read(f["chains"]["rng"], select)]

@@ -30,6 +30,16 @@ RUN_FILE, CHECKPOINT_FILE = "run.h5", "checkpoint.h5"
 RESULTS_FILE = "results.json"
 #: What `--fresh` deletes before it starts afresh.
 RUN_FILES = (RUN_FILE, CHECKPOINT_FILE, CHECKPOINT_FILE + ".tmp", RESULTS_FILE)
+#: What `analyze` and `plot` made of the run: stale once the run starts afresh or goes on (they are made again).
+DERIVED_FILES = (
+    RESULTS_FILE,
+    "results.csv",
+    "results.parquet",
+    "samples.csv",
+    "structure_factor.csv",
+    "correlation.csv",
+)
+PLOTS_DIR = "plots"
 
 
 def _config_from_yaml(text: str) -> Config:
@@ -159,10 +169,16 @@ class RunDirectory:
             self._remove_dirs()
             raise
         self.lock.claim()
-        if fresh:  # --fresh: the old run's files must not be mistaken for this one's
-            for name in RUN_FILES:
-                if (self.path / name).is_file():
-                    (self.path / name).unlink()
+        stale = RUN_FILES if fresh else ()  # --fresh: the old run's files must not be mistaken for this one's
+        for name in (*stale, *DERIVED_FILES):  # results and figures of the run as it was: made again later
+            if (self.path / name).is_file():
+                (self.path / name).unlink()
+        plots = self.path / PLOTS_DIR
+        if plots.is_dir():
+            for png in plots.glob("*.png"):
+                png.unlink()
+            if not any(plots.iterdir()):
+                plots.rmdir()
         return mode
 
     def _make_dirs(self, existing: Path) -> None:
@@ -214,6 +230,24 @@ def liveness(run_dir: Path) -> tuple[str, dict | None]:
     if record.get("released") is not None:
         return {"finished": "finished", "failed": "failed"}.get(record.get("state"), "stopped"), record
     return "dead", record
+
+
+#: What `status` says after the first word of each state (the run's `status` line).
+STATE_NOTES = {
+    "stopped": " (checkpointed; run the same command to resume)",
+    "failed": " (ended with an error; see the job's log, then run the same command to resume)",
+    "dead": " (killed or crashed; run the same command to resume)",
+}
+
+
+def run_state(run_dir: Path, recorded: str, state: str | None = None) -> str:
+    """How a run stands, from run.h5's own `status` (`recorded`) and the lock (its `liveness`, read here unless
+    given): finished, running, stopped, failed, dead; or what run.h5 says where no lock confirms it."""
+    if recorded == "finished":
+        return "finished"
+    if state is None:
+        state, _ = liveness(Path(run_dir))
+    return {"live": "running", "stopped": "stopped", "failed": "failed", "dead": "dead"}.get(state, recorded)
 
 
 def _duration(seconds: float) -> str:
@@ -276,17 +310,10 @@ def status_report(run_dir: str | Path) -> str:
     except (KeyError, InputError):
         total = None
     recorded = attrs.get("status", "?")
-    if recorded == "finished":
-        status = "finished"
-    elif state == "live":
-        status = "running"
-    elif state == "stopped":
-        status = "stopped (checkpointed; run the same command to resume)"
-    elif state == "failed":
-        status = "failed (ended with an error; see the job's log, then run the same command to resume)"
-    elif state == "dead":
-        status = "dead (killed or crashed; run the same command to resume)"
-    else:
+    status = run_state(run_dir, recorded, state)  # the same reading of the lock as the process line
+    if status in STATE_NOTES:
+        status += STATE_NOTES[status]
+    elif status not in ("finished", "running"):
         status = f"{recorded} (according to {RUN_FILE}; no lock to confirm it)"
     done = summary["n_measurements"]
     lines = [

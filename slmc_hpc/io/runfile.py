@@ -127,21 +127,19 @@ class RunFile:
         """
         on_root(comm, verify_file, path, position, ("samples", "timing"))
         try:
+            f = open_parallel(path, "r", comm)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot reopen the run file to resume ({exc})") from None
+        problem = cls(f, layout, comm)._foreign(position)
+        f.close()
+        if problem:
+            raise InputError(f"{path}: {problem}; move it away or start a new run directory")
+        on_root(comm, truncate, path, position, layout.mpi_size)
+        try:
             f = open_parallel(path, "r+", comm)
         except OSError as exc:
             raise InputError(f"{path}: cannot reopen the run file to resume ({exc})") from None
-        run = cls(f, layout, comm)
-        problem = run._foreign(position)
-        if problem:
-            f.close()
-            raise InputError(f"{path}: {problem}; move it away or start a new run directory")
-        for observable in layout.samples:
-            f["samples"][observable.name].resize(position, axis=1)
-        for name in TIMING_NAMES:
-            f["timing"][name].resize((layout.mpi_size, position))
-        f["samples"].attrs["n_measurements"] = position
-        f.flush()
-        return run
+        return cls(f, layout, comm)
 
     def _foreign(self, position: int) -> str | None:
         f = self.file
@@ -214,6 +212,36 @@ class RunFile:
 
     def close(self) -> None:
         self.file.close()
+
+
+def truncate(path: str | Path, position: int, mpi_size: int) -> None:
+    """Cut every sample and timing dataset back to `position` measurements (one process, before a resume).
+
+    A run killed while it wrote measurements after its last checkpoint can leave a torn chunk past
+    `position`; HDF5 then cannot shrink that dataset in place (it rewrites the chunk it cuts, and the
+    chunk fails its checksum). Such a dataset is rebuilt from its kept part, which `verify_file` has read
+    whole, with the same chunks, filters and fill value.
+    """
+    with h5py.File(path, "r+") as f:
+        for group, rows in (("samples", None), ("timing", mpi_size)):
+            for name in list(f[group]):
+                ds = f[group][name]
+                shape = (rows if rows is not None else ds.shape[0], position, *ds.shape[2:])
+                try:
+                    ds.resize(shape)
+                except (OSError, RuntimeError):
+                    _rebuild(f[group], name, shape)
+        f["samples"].attrs["n_measurements"] = position
+
+
+def _rebuild(group: h5py.Group, name: str, shape: tuple) -> None:
+    old = group[name]
+    kept = old[: min(shape[0], old.shape[0]), : shape[1]]
+    options = {"maxshape": old.maxshape, "chunks": old.chunks, "dtype": old.dtype, "fillvalue": old.fillvalue}
+    del group[name]
+    new = create_dataset(group, name, shape=shape, **options)
+    if kept.size:
+        new[: kept.shape[0], : kept.shape[1]] = kept
 
 
 def read_run_summary(path: str | Path, recent: int = 10) -> dict:

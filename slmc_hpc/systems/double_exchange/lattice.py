@@ -1,4 +1,4 @@
-"""Periodic square lattice: site indexing, neighbour shells D_n and neighbour tables (DESIGN §1)."""
+"""Periodic square lattice: site indexing, neighbour shells D_n and neighbour tables (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The double-exchange (classical Kondo lattice) model: h(S), the grand potential Ω, observables.
 
-Conventions (DESIGN §1): orbital index 2i + s; h(S) holds the hoppings and the (J/2) S·σ term,
+Conventions (docs/design.md §1): orbital index 2i + s; h(S) holds the hoppings and the (J/2) S·σ term,
 and the chemical potential enters only through the Fermi factors, Ω = -T Σ_k log(1 + e^{-(E_k-μ)/T}).
 This module imports neither MPI nor HDF5 so it can be used and tested alone.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from slmc_hpc.systems.double_exchange.lattice import Lattice
 
-#: Scalar observables, one value per configuration (DESIGN §1); `sq` (S(q), [..., ly, lx]) comes too.
+#: Scalar observables, one value per configuration (docs/design.md §1); `sq` (S(q), [..., ly, lx]) comes too.
 SCALAR_OBSERVABLES = ("omega", "m", "ms", "nn", "density", "electron_energy")
 
 
@@ -105,7 +105,7 @@ class DoubleExchange:
         return {"m": m, "ms": ms, "nn": nn, "sq": sq}
 
     def observables(self, spins: np.ndarray, eigenvalues: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """All observables of DESIGN §1 per configuration; pass eigenvalues to reuse a diagonalisation."""
+        """All observables of docs/design.md §1 per configuration; pass eigenvalues to reuse a diagonalisation."""
         if eigenvalues is None:
             eigenvalues = self.eigenvalues(spins)
         occupation = self.fermi(eigenvalues)

@@ -63,6 +63,9 @@ class SU2StaggeredSystem:
     def step_name(self, config) -> str:
         return "trajectories"
 
+    def warnings(self, config) -> list[str]:
+        return []
+
     def parameters(self, config) -> dict:
         m = config.model
         return {"L": "x".join(str(x) for x in m.shape), "beta": m.beta, "mass": m.mass, "n_flavors": m.n_flavors}

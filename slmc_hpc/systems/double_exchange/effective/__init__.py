@@ -1,4 +1,4 @@
-"""Effective models H_eff behind one protocol (DESIGN §3): `linear` (Heisenberg) and `transformer`.
+"""Effective models H_eff behind one protocol (docs/design.md §3): `linear` (Heisenberg) and `transformer`.
 
 The inner SLMC chain calls `delta_energy` once per proposal and the outer test calls `energy`, so
 both must be the very same float64 function, and a row's result must not depend on the other

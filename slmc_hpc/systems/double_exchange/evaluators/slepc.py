@@ -1,6 +1,6 @@
 """SLEPc evaluator: one configuration's h(S) as a distributed PETSc matrix on a sub-communicator.
 
-For lattices whose dense 2N x 2N matrix outgrows one node (DESIGN §4): each rank of `comm` assembles
+For lattices whose dense 2N x 2N matrix outgrows one node (docs/design.md §4): each rank of `comm` assembles
 only its own rows of h(S) (sparse hoppings + the 2x2 exchange block of its sites), and SLEPc
 returns all 2N eigenvalues. The matrix and the EPS solver are built once and refilled per
 configuration, since the sparsity pattern never changes. petsc4py/slepc4py are imported only here,
