@@ -97,9 +97,10 @@ def summarize_slmc(run_dir: Path, wall: float) -> dict:
         else:
             inner = f"τ {float(attrs['trajectory_length']):g}, {int(attrs['md_steps'])} steps"
         config = config_from_dict(YAML(typ="safe", pure=True).load(str(attrs["config_yaml"])))
+        md_steps = int(attrs.get("md_steps", 0))
     results = results_of(run_dir)
     self_learning = sum(seconds.get(p, 0.0) for p in ("warmup", "train", "freeze", "tune"))
-    per_step = 1 + (2 * int(attrs["md_steps"]) + 1 if config.sampler.kind == "hmc" else 0)  # Omelyan's forces
+    per_step = 1 + (2 * md_steps + 1 if config.sampler.kind == "hmc" else 0)  # Omelyan's forces
     evaluations = training_samples + n_chains * per_step * (tune_steps + config.sampler.thermalization + steps)
     rate = results["ms"]["ess"] / seconds["production"]
     return {
