@@ -113,7 +113,9 @@ def target_energy_violation(acceptance: float) -> float:
     return float((2.0 * erfcinv(acceptance)) ** 2)
 
 
-def tune_md_steps(make_stepper, state: ChainState, comm, first_steps: int, target: float) -> tuple[int, list]:
+def tune_md_steps(
+    make_stepper, state: ChainState, comm, first_steps: int, target: float, max_steps: int | None = None
+) -> tuple[int, list]:
     """The MD step count for `target` acceptance, measured on real trajectories (which thermalise meanwhile).
 
     For a second-order integrator the mean energy violation <dH> of a trajectory scales as eps^4 and the
@@ -122,8 +124,9 @@ def tune_md_steps(make_stepper, state: ChainState, comm, first_steps: int, targe
     dH). Each round runs TRAJECTORIES_PER_ROUND trajectories of every chain; <dH> comes from <dH^2>
     (= <dH>^2 + 2<dH> for Gaussian dH, less noisy than <dH>), globally over the ranks (rank 0's numbers,
     broadcast), and the count is rescaled by (<dH>/target)^(1/4), at most 4x up or 2x down per round. It stops
-    when the count is the same two rounds in a row (after MIN_ROUNDS). Returns (md_steps, [(n, acceptance,
-    <dH>) per round]).
+    when the count is the same two rounds in a row (after MIN_ROUNDS). `max_steps` caps the count (an effective
+    action's dH does not vanish with the step size, so more steps need not reach the target). Returns (md_steps,
+    [(n, acceptance, <dH>) per round]).
     """
     from slmc_hpc import parallel
 
@@ -143,6 +146,8 @@ def tune_md_steps(make_stepper, state: ChainState, comm, first_steps: int, targe
         rows.append((n, float(total[1] / total[2]), violation))
         scale = (max(violation, 1e-12) / wanted) ** 0.25
         chosen = int(min(4 * n, max(1, int(np.ceil(n * scale)), n // 2)))
+        if max_steps is not None:
+            chosen = min(chosen, int(max_steps))
         if round_ + 1 >= MIN_ROUNDS and chosen == n and previous == n:
             break
         previous, n = n, chosen

@@ -135,7 +135,12 @@ class Trainer:
         module.zero_grad(set_to_none=False)
         if len(targets):
             dtype = next(module.parameters()).dtype
-            prediction = module(torch.from_numpy(np.ascontiguousarray(configs)).to(dtype)).to(torch.float64)
+            inputs = torch.from_numpy(np.ascontiguousarray(configs))
+            if inputs.is_complex():  # link fields: the complex type of the network's precision
+                inputs = inputs.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+            else:
+                inputs = inputs.to(dtype)
+            prediction = module(inputs).to(torch.float64)
             residual = (torch.from_numpy(np.asarray(targets, dtype=np.float64)) - prediction) / self.scale
             sse = (residual * residual).sum()
             sse.backward()

@@ -4,8 +4,9 @@ The physics modules are pure torch functions on batched link fields [B, 4, V, 2,
 chains), with no MPI, no files and no configuration: `lattice` (sites, neighbours, phases), `links`
 (SU(2), su(2), momenta, gauge transformations), `gauge` (Wilson action, plaquette, Polyakov loop, gauge
 force), `staggered` (D_eo, M_ee, dense log det and force, CG, pseudofermions, pbp). `actions` puts them
-together as the two exact evaluators, `md` is the molecular dynamics on links, `simulation` the exact
-HMC of a job; `SYSTEM` is what the framework sees.
+together as the two exact evaluators, `md` is the molecular dynamics on links, `loops` and `smearing` are the
+loop classes and the gauge-covariant networks, `effective` the effective actions of self-learning HMC built from
+them, `simulation` the exact and self-learning HMC of a job; `SYSTEM` is what the framework sees.
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ class SU2StaggeredSystem:
         return {}
 
     def phases(self, config) -> tuple[str, ...]:
-        return ("tune", "thermalize", "production")
+        if config.sampler.kind == "hmc":
+            return ("tune", "thermalize", "production")
+        if config.effective.load is not None:
+            return ("freeze", "tune", "thermalize", "production")
+        return ("warmup", "train", "freeze", "tune", "thermalize", "production")
 
     def learns(self, config) -> bool:
-        return False
+        return config.sampler.kind == "slhmc" and config.effective.load is None
 
     def grouping(self, config) -> Grouping:
         return Grouping()
@@ -58,6 +63,10 @@ class SU2StaggeredSystem:
         m, s = config.model, config.sampler
         shape = f"{m.shape[0]}^4" if len(set(m.shape)) == 1 else "×".join(str(x) for x in m.shape)
         method = f"{s.kind} ({config.evaluator.kind}, {s.integrator})"
+        if s.kind == "slhmc":
+            e = config.effective
+            layers = "" if e.kind == "loops" else f", {e.n_layers} layers, m_eff = {e.mass:g}"
+            method += f" with {e.kind} S_eff{layers}"
         return f"{shape}, β = {m.beta:g}, m = {m.mass:g}, Nf = {m.n_flavors}, {method}"
 
     def step_name(self, config) -> str:

@@ -122,6 +122,10 @@ class PseudofermionAction(GaugeAction):
             force = force + fermion
         return force
 
+    def count_iterations(self, iterations: torch.Tensor) -> None:
+        """CG iterations per chain of a solve made for this trajectory elsewhere (an effective action's force)."""
+        self._iterations.append(iterations)
+
     def take_iterations(self) -> dict[str, np.ndarray]:
         """Mean CG iterations per solve per chain since the trajectory began (none without fermions)."""
         if not self._iterations:

@@ -25,7 +25,7 @@ from slmc_hpc.core.protocols import Schema
 
 EVALUATOR_KINDS = ("dense", "cg")
 EFFECTIVE_KINDS = ("loops", "stout", "cask")
-SAMPLER_KINDS = ("hmc",)
+SAMPLER_KINDS = ("hmc", "slhmc")
 LOOP_CLASSES = ("plaquette", "rectangle", "chair", "polyakov")
 FLAVORS = (0, 2, 4)
 
@@ -46,22 +46,22 @@ effective:
   mass: 0.4               # m_eff of the fermion action inside S_eff
   load: null              # an earlier run's HDF5 file whose trained model to use (frozen: skips training)
   init: null              # an earlier run's HDF5 file whose model starts the training
-training:
-  warmup_sweeps: 0        # exact HMC trajectories before the rounds
-  rounds: 5
-  linear_rounds: 0
-  outer_steps_per_round: 20
+training:                 # sampler.kind slhmc: the effective action is trained, then frozen
+  warmup_sweeps: 0        # exact HMC trajectories whose configurations are the first data
+  rounds: 5               # rounds of SLHMC trajectories under the current model, each followed by training
+  linear_rounds: 0        # first rounds that only solve the linear read-out
+  outer_steps_per_round: 20  # trajectories per chain and round
   steps_per_round: 300
   batch_size: 64
   lr: 3.0e-3
   weight_decay: 0.0
-  max_samples: 20000
+  max_samples: 2000       # per rank (a 4^4 link field is 64 kB)
   validation_fraction: 0.2
   validate_every: 10
   patience: 4
   precision: float64
 sampler:
-  kind: hmc               # hmc
+  kind: hmc               # hmc (exact) | slhmc (MD on the effective action, the test with the exact one)
   chains_per_rank: 8
   trajectory_length: 1.0
   md_steps: auto          # MD steps per trajectory (auto: chosen for target_acceptance before thermalisation)
@@ -143,6 +143,13 @@ EVALUATOR_OPTIONS = {
 
 
 def check(cfg) -> None:
+    if cfg.sampler.kind == "slhmc" and cfg.evaluator.kind == "cg" and cfg.effective.load is None:
+        raise ConfigError(
+            "effective.load: self-learning HMC with evaluator.kind cg needs a trained model: the training targets "
+            "are the exact action, which only the dense log det gives (a pseudofermion action is a noisy one). "
+            "Train it with evaluator.kind: dense (at 4^4 if the job is larger: the parameters are per loop class "
+            "and layer) and name that run's run.h5 here"
+        )
     if cfg.evaluator.kind == "cg" and cfg.model.n_flavors == 2:
         raise ConfigError(
             "model.n_flavors: 2 (the square root of the staggered determinant) with evaluator.kind cg needs "

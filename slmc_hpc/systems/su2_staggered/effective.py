@@ -1,0 +1,313 @@
+"""Effective actions of self-learning HMC for the gauge theory (docs/design.md §9): `loops`, `stout`, `cask`.
+
+Both kinds end in a linear read-out that least squares solves exactly (`core.protocols.LinearReadout`), as the
+spin models do, because a constant and the weights of a few extensive terms are what a gradient method fits
+worst and a linear solve fits best:
+
+- `loops`: S_eff = c_0 + sum_i c_i LoopSum_i[U] over the loop classes (plaquette, rectangle, chair, Polyakov).
+  Its force is sum_i c_i d LoopSum_i: no fermion at all in the MD. It starts as the bare Wilson action.
+- `stout` and `cask`: S_eff = c_0 + c_g S_g[U] + c_f S_f[U_NN[U]; m_eff], with U_NN the network (`smearing`),
+  S_f = -(Nf/4) log det M_ee (`dense`) or phi^dag M_ee^-1 phi with the trajectory's pseudofermion (`cg`), both at
+  m_eff = `effective.mass`. They start at (c_0, c_g, c_f) = (0, 1, 1) with the identity network (every rho 0):
+  the seeds' untrained SLHMC. The rhos are trained by the framework's gradient steps (`Trainable`), the read-out
+  is refitted after each round. With n_layers 0 and m_eff = m the MD force is the exact action's, bit for bit.
+
+The force through the network is the chain rule done once: the analytic fermion force F at the smeared links
+(the exact evaluators' own functions) becomes torch's gradient G = 2 (F.T) U_NN there (any G with
+Re tr(T_a U_NN G^dag) = F_a serves, as the network's output moves only along the group), and one backward pass
+through the network gives the force on U. Every energy and force is float64 and deterministic, and a row never
+depends on the other rows of its batch.
+
+Parameters are per loop class and layer, so a model trained on one lattice runs on another (`effective.load`
+and `effective.init`): only the extensive constant c_0 is rescaled by the volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from slmc_hpc.errors import InputError
+from slmc_hpc.io.model import StoredModel, read_stored
+from slmc_hpc.systems.su2_staggered import gauge, staggered
+from slmc_hpc.systems.su2_staggered.actions import CG_MAX_ITER, CG_TOL
+from slmc_hpc.systems.su2_staggered.lattice import Lattice4D
+from slmc_hpc.systems.su2_staggered.links import RDTYPE, algebra, dagger, mm, trace_generators
+from slmc_hpc.systems.su2_staggered.loops import check_classes, loop_features, loop_sum_derivative
+from slmc_hpc.systems.su2_staggered.smearing import CaskNetwork, StoutNetwork
+
+#: Read-out parameters (solved by least squares); everything else of a model fixes its features.
+READOUT_PARAMETERS = ("offset", "weights")
+
+
+#: Rows per pass when a whole data set is evaluated (each row holds a dense M_ee: 1 MB at 4^4, 256 MB at 8^4).
+CHUNK = 32
+
+
+def as_tensor(links) -> torch.Tensor:
+    return links if isinstance(links, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(links))
+
+
+def _chunks(configs):
+    """Link fields in row chunks of CHUNK (a row's result does not depend on its chunk)."""
+    links = as_tensor(configs)
+    return [links[start : start + CHUNK] for start in range(0, links.shape[0], CHUNK)]
+
+
+@runtime_checkable
+class LinkForce(Protocol):
+    """An effective action that drives the MD on links: d_a S_eff [B, 4, V, 3] (torch, float64).
+
+    `pseudofermions` is the trajectory's phi with the `cg` evaluator (None with `dense`); the CG iterations of
+    its solves (per chain) go to `count_iterations` where given.
+    """
+
+    def link_force(
+        self,
+        links: torch.Tensor,
+        pseudofermions: torch.Tensor | None = None,
+        count_iterations: Callable[[torch.Tensor], None] | None = None,
+        tol: float = CG_TOL,
+        max_iter: int = CG_MAX_ITER,
+    ) -> torch.Tensor: ...
+
+
+class LoopAction:
+    """S_eff = c_0 + sum_i c_i LoopSum_i[U]: the gauge analogue of the linear spin model (no fermion in its MD)."""
+
+    kind = "loops"
+    READOUT_PARAMETERS = READOUT_PARAMETERS
+
+    def __init__(self, lattice: Lattice4D, classes, beta: float):
+        self.lattice, self.classes = lattice, check_classes(classes)
+        self.n_readout = 1 + len(self.classes)
+        self.offset = 0.0
+        self.weights = np.zeros(len(self.classes))
+        if "plaquette" in self.classes:  # the bare Wilson action beta sum_P (1 - Re tr P / 2)
+            self.offset = 6.0 * lattice.volume * float(beta)
+            self.weights[self.classes.index("plaquette")] = -0.5 * float(beta)
+
+    def features(self, configs) -> np.ndarray:
+        """[1, LoopSum_1, ...] per configuration, [B, 1 + classes]."""
+        links = as_tensor(configs)
+        sums = loop_features(links, self.lattice, self.classes).numpy()
+        return np.concatenate([np.ones((len(sums), 1)), sums], axis=1)
+
+    def energy(self, configs) -> np.ndarray:
+        return self.features(configs) @ np.concatenate([[self.offset], self.weights])
+
+    def link_force(
+        self, links: torch.Tensor, pseudofermions=None, count_iterations=None, tol=CG_TOL, max_iter=CG_MAX_ITER
+    ):
+        """sum_i c_i d_a LoopSum_i [B, 4, V, 3]: no fermion, whatever the evaluator."""
+        force = None
+        for weight, cls in zip(self.weights, self.classes, strict=True):
+            term = float(weight) * loop_sum_derivative(links, self.lattice, cls)
+            force = term if force is None else force + term
+        return force
+
+    def force(self, configs) -> tuple[np.ndarray, np.ndarray]:
+        return self.energy(configs), self.link_force(as_tensor(configs)).numpy()
+
+    def set_readout(self, constant: float, coefficients: np.ndarray) -> None:
+        self.offset, self.weights = float(constant), np.array(coefficients, dtype=np.float64)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {"offset": np.array(self.offset), "weights": self.weights.copy()}
+
+    def set_parameters(self, parameters: dict[str, np.ndarray]) -> None:
+        self.set_readout(float(parameters["offset"]), parameters["weights"])
+
+    def n_parameters(self) -> int:
+        return self.n_readout
+
+    def architecture(self) -> dict[str, Any]:
+        return {"kind": self.kind, "loops": ",".join(self.classes), "volume": self.lattice.volume}
+
+
+class _SmearedEnergy(nn.Module):
+    """The torch module the trainer differentiates: c_0 + c_g S_g[U] + c_f S_f[U_NN[U]; m_eff] (dense log det)."""
+
+    def __init__(self, owner: SmearedAction, network: nn.Module):
+        super().__init__()
+        self.network = network
+        self.offset = nn.Parameter(torch.zeros((), dtype=RDTYPE), requires_grad=False)
+        self.weights = nn.Parameter(torch.ones(2, dtype=RDTYPE), requires_grad=False)
+        self._owner = [owner]  # not a submodule
+
+    def forward(self, links: torch.Tensor) -> torch.Tensor:
+        owner = self._owner[0]
+        fermion = owner.fermion_action(self.network(links))
+        return self.offset + self.weights[0] * owner.gauge_action(links) + self.weights[1] * fermion
+
+
+class SmearedAction:
+    """S_eff = c_0 + c_g S_g[U] + c_f S_f[U_NN[U]; m_eff], U_NN a stout network or CASK (`kind`)."""
+
+    READOUT_PARAMETERS = READOUT_PARAMETERS
+    n_readout = 3
+
+    def __init__(self, lattice: Lattice4D, kind: str, classes, n_layers: int, beta: float, mass: float, n_flavors: int):
+        if kind not in ("stout", "cask"):
+            raise ValueError(f"unknown network kind {kind!r}")
+        self.kind, self.lattice, self.classes = kind, lattice, check_classes(classes)
+        self.n_layers, self.beta, self.mass, self.n_flavors = int(n_layers), float(beta), float(mass), int(n_flavors)
+        network_class = StoutNetwork if kind == "stout" else CaskNetwork
+        self.module = _SmearedEnergy(self, network_class(lattice, self.classes, self.n_layers))
+        self.GRADIENT_PARAMETERS = tuple(
+            name for name, _ in self.module.named_parameters() if name.startswith("network.")
+        )
+
+    # -- the pieces -------------------------------------------------------------------------------
+    def gauge_action(self, links: torch.Tensor) -> torch.Tensor:
+        return gauge.gauge_action(links, self.lattice, self.beta)
+
+    def fermion_action(self, smeared: torch.Tensor) -> torch.Tensor:
+        """-(Nf/4) log det M_ee at the smeared links and m_eff (zero without flavours)."""
+        if not self.n_flavors:
+            return torch.zeros(smeared.shape[0], dtype=RDTYPE)
+        return staggered.fermion_action_dense(smeared, self.lattice, self.mass, self.n_flavors)
+
+    def smear(self, links: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module.network(links)
+
+    def torch_module(self) -> nn.Module:
+        return self.module
+
+    # -- energy and read-out ----------------------------------------------------------------------
+    def features(self, configs) -> np.ndarray:
+        """[1, S_g[U], S_f[U_NN[U]; m_eff]] per configuration, [B, 3] (in chunks: a dense M_ee per row)."""
+        parts = []
+        with torch.no_grad():
+            for links in _chunks(configs):
+                gauge_part = self.gauge_action(links)
+                fermion = self.fermion_action(self.module.network(links))
+                parts.append(torch.stack([torch.ones_like(gauge_part), gauge_part, fermion], dim=1).numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, self.n_readout))
+
+    def energy(self, configs) -> np.ndarray:
+        with torch.no_grad():
+            parts = [self.module(links).numpy().astype(np.float64) for links in _chunks(configs)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def set_readout(self, constant: float, coefficients: np.ndarray) -> None:
+        with torch.no_grad():
+            self.module.offset.fill_(float(constant))
+            self.module.weights.copy_(torch.as_tensor(np.asarray(coefficients, dtype=np.float64)))
+
+    # -- force --------------------------------------------------------------------------------------
+    def link_force(
+        self,
+        links: torch.Tensor,
+        pseudofermions: torch.Tensor | None = None,
+        count_iterations: Callable[[torch.Tensor], None] | None = None,
+        tol: float = CG_TOL,
+        max_iter: int = CG_MAX_ITER,
+    ) -> torch.Tensor:
+        """d_a S_eff [B, 4, V, 3]: the gauge force plus the fermion force at U_NN, carried back through the network."""
+        weights = self.module.weights.detach()
+        w_gauge, w_fermion = float(weights[0]), float(weights[1])
+        force = w_gauge * gauge.gauge_force(links, self.lattice, self.beta)
+        if not self.n_flavors or w_fermion == 0.0:
+            return force
+        if not len(self.module.network.layers):
+            return force + w_fermion * self._fermion_force(links, pseudofermions, count_iterations, tol, max_iter)
+        with torch.enable_grad():
+            u = links.detach().requires_grad_(True)
+            smeared = self.module.network(u)
+            at_smeared = self._fermion_force(smeared.detach(), pseudofermions, count_iterations, tol, max_iter)
+            upstream = 2.0 * mm(algebra(at_smeared), smeared.detach())
+            (grad,) = torch.autograd.grad(smeared, u, grad_outputs=upstream)
+        return force + w_fermion * trace_generators(mm(links, dagger(grad)))
+
+    def _fermion_force(self, smeared, pseudofermions, count_iterations, tol, max_iter) -> torch.Tensor:
+        if pseudofermions is None:
+            return staggered.fermion_force_dense(smeared, self.lattice, self.mass, self.n_flavors)
+        fermion, iterations = staggered.pseudofermion_force(
+            smeared, self.lattice, self.mass, pseudofermions, tol, max_iter
+        )
+        if count_iterations is not None:
+            count_iterations(iterations)
+        return fermion
+
+    def force(self, configs) -> tuple[np.ndarray, np.ndarray]:
+        return self.energy(configs), self.link_force(as_tensor(configs)).numpy()
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {name: p.detach().numpy().copy() for name, p in self.module.named_parameters()}
+
+    def set_parameters(self, parameters: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for name, p in self.module.named_parameters():
+                if name in parameters:
+                    p.copy_(torch.from_numpy(np.asarray(parameters[name], dtype=np.float64)).reshape(p.shape))
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "n_layers": self.n_layers,
+            "loops": ",".join(self.classes),
+            "mass": self.mass,
+            "volume": self.lattice.volume,
+        }
+
+
+# ------------------------------------------------------------------------------------ building and reusing
+
+
+def make_effective(config, lattice: Lattice4D):
+    """The untrained effective action of the job's `effective` section (bare Wilson for loops, identity network)."""
+    e, m = config.effective, config.model
+    if e.kind == "loops":
+        return LoopAction(lattice, e.loops, m.beta)
+    return SmearedAction(lattice, e.kind, e.loops, e.n_layers, m.beta, e.mass, m.n_flavors)
+
+
+def check_architecture(stored: StoredModel, config, key: str) -> None:
+    """A stored model must be what the job's `effective` section describes (its lattice may differ)."""
+    e = config.effective
+    wanted = {"kind": e.kind, "loops": ",".join(e.loops)}
+    if e.kind != "loops":
+        wanted.update(n_layers=int(e.n_layers), mass=float(e.mass))
+    for name, value in wanted.items():
+        found = stored.attrs.get(name)
+        if found is None or (found != value if not isinstance(value, float) else not np.isclose(float(found), value)):
+            raise InputError(
+                f"{key}: {stored.source} holds a model with {name} {found!r}, but the job's effective.{name} is "
+                f"{value!r}; set effective.{name} to match, or train a new model"
+            )
+
+
+def rebuild(stored: StoredModel, config, lattice: Lattice4D, key: str):
+    """The stored model on this job's lattice: the parameters carry over, c_0 scales with the volume."""
+    check_architecture(stored, config, key)
+    model = make_effective(config, lattice)
+    parameters = dict(stored.parameters)
+    missing = sorted(set(model.parameters()) - set(parameters))
+    if missing:
+        raise InputError(f"{key}: {stored.source} lacks the parameters {', '.join(missing)}")
+    volume = float(stored.attrs.get("volume", lattice.volume))
+    parameters["offset"] = np.asarray(parameters["offset"], dtype=np.float64) * (lattice.volume / volume)
+    model.set_parameters(parameters)
+    return model
+
+
+def starting_model(config, lattice: Lattice4D):
+    """What training starts from: untrained, or with `effective.init` a stored model carried to this lattice."""
+    if config.effective.init is None:
+        return make_effective(config, lattice)
+    return rebuild(read_stored(config.effective.init, "effective.init"), config, lattice, "effective.init")
+
+
+def loaded_model(config, lattice: Lattice4D):
+    """The trained model that `effective.load` names, for a frozen run (no training)."""
+    return rebuild(read_stored(config.effective.load, "effective.load"), config, lattice, "effective.load")

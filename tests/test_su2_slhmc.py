@@ -1,0 +1,249 @@
+"""Self-learning HMC of the gauge theory: the effective actions (loops, stout, CASK) and the SLHMC update.
+
+The checks every HMC code owes, for the effective actions' MD: the force is a finite difference of S_eff (both
+evaluators' fermion parts), a trajectory is reversible, and S_eff is gauge invariant. SLHMC is one update with
+exact HMC: at m_eff = m with no smearing it is exact HMC bit for bit on the same random numbers, with both
+evaluators. Frozen SLHMC with each kind agrees with exact HMC on plaquette, polyakov and pbp (Nf = 4, and Nf = 2
+with the dense log det). Small lattices, fixed seeds; errors are standard errors of independent chains' means.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from slmc_hpc.core.chains import chain_streams, initial_state
+from slmc_hpc.core.integrators import integrate
+from slmc_hpc.core.learning import fit_readout
+from slmc_hpc.systems.su2_staggered import links as L
+from slmc_hpc.systems.su2_staggered import staggered
+from slmc_hpc.systems.su2_staggered.effective import LoopAction, SmearedAction
+from slmc_hpc.systems.su2_staggered.simulation import EffectiveForce
+from tests.conftest import mpirun
+from tests.test_run import _merge
+from tests.test_su2_hmc import chain_means, chains, run, simulation
+from tests.test_su2_run import DESIGN_JOB, write_job
+from tests.test_su2_run import run as run_job
+from tests.test_su2_smearing import direction, lie_fd, randomise, rough_links
+
+torch.set_num_threads(1)
+
+ALL = ("plaquette", "rectangle", "chair", "polyakov")
+SHAPE = (4, 2, 2, 2)
+
+
+def effective_action(kind: str, lattice, n_layers: int = 2, mass: float = 0.4, n_flavors: int = 4, seed: int = 3):
+    """An effective action with nonzero parameters (rhos drawn; the loops read-out near the Wilson action)."""
+    if kind == "loops":
+        model = LoopAction(lattice, ALL, 2.7)
+        model.set_readout(100.0, np.array([-1.2, 0.05, -0.02, 0.1]))
+        return model
+    model = SmearedAction(lattice, kind, ("plaquette", "rectangle"), n_layers, 2.7, mass, n_flavors)
+    randomise(model.module.network, seed, scale=0.03, lead=0.05)
+    model.set_readout(5.0, np.array([0.95, 1.1]))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["loops", "stout", "cask"])
+def test_effective_force_is_a_finite_difference_of_the_effective_action(kind):
+    """d_a S_eff along a random direction: the force against central differences of S_eff (dense fermion part),
+    and for the networks also the pseudofermion form S_g + phi^dag M_ee[U_NN; m_eff]^-1 phi."""
+    sim = simulation(SHAPE)
+    model = effective_action(kind, sim.lattice)
+    links = rough_links(sim.lattice, 1, 2)
+    p = direction(sim.lattice, 2, 2)
+    force = (model.link_force(links) * p).sum(dim=(1, 2, 3))
+    expected = lie_fd(lambda u: torch.from_numpy(model.energy(u)), links, p)
+    assert torch.allclose(force, expected, rtol=1e-7, atol=1e-7), (force, expected)
+    if kind == "loops":
+        return
+    phi = staggered.draw_pseudofermion(links, sim.lattice, 0.3, [np.random.default_rng(s) for s in (4, 5)])
+    weights = model.module.weights.detach()
+
+    def pseudofermion_action(u):
+        smeared = model.smear(u)
+        fermion = staggered.pseudofermion_action_dense(smeared, sim.lattice, model.mass, phi)
+        return weights[0] * model.gauge_action(u) + weights[1] * fermion
+
+    iterations = []
+    force = (model.link_force(links, phi, iterations.append, tol=1e-13) * p).sum(dim=(1, 2, 3))
+    assert torch.allclose(force, lie_fd(pseudofermion_action, links, p), rtol=1e-7, atol=1e-7)
+    assert len(iterations) == 1 and (iterations[0] > 0).all()
+
+
+@pytest.mark.parametrize("kind", ["loops", "stout", "cask"])
+def test_effective_md_is_reversible(kind):
+    """Forward, flip the momenta, back under the effective force (pseudofermions fixed): back to ~1e-11."""
+    sim = simulation(SHAPE, evaluator="cg")
+    state = chains(sim, 2)
+    sim.action.refresh(state)
+    force = EffectiveForce(effective_action(kind, sim.lattice), sim.action)
+    dynamics = sim.dynamics
+    start = dynamics.field(state.config)
+    field, momenta = start.clone(), dynamics.draw_momenta(state.rngs, start)
+    initial = momenta.clone()
+
+    def kick(eps):
+        nonlocal momenta
+        momenta = dynamics.kick(momenta, force(field), eps)
+
+    def drift(eps):
+        nonlocal field, momenta
+        field, momenta = dynamics.drift(field, momenta, eps)
+
+    integrate("omelyan", 5, 0.1, kick, drift)
+    assert (field - start).abs().max() > 0.1
+    momenta = -momenta
+    integrate("omelyan", 5, 0.1, kick, drift)
+    assert (field - start).abs().max() < 1e-10
+    assert (momenta + initial).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("kind", ["loops", "stout", "cask"])
+def test_effective_actions_are_gauge_invariant(kind):
+    sim = simulation(SHAPE)
+    model = effective_action(kind, sim.lattice)
+    links = rough_links(sim.lattice, 6, 2)
+    g = L.random_gauge_transformation(sim.lattice, [np.random.default_rng(s) for s in (7, 8)])
+    transformed = L.gauge_transform_links(links, g, sim.lattice)
+    before, after = model.energy(links), model.energy(transformed)
+    assert np.allclose(before, after, rtol=0, atol=1e-10 * np.abs(before).max())
+
+
+@pytest.mark.parametrize("evaluator", ["dense", "cg"])
+def test_slhmc_without_smearing_at_m_eff_m_is_exact_hmc_bit_for_bit(evaluator):
+    """The same update with the effective action's force: no layers, m_eff = m, read-out (0, 1, 1)."""
+    sims = [simulation(SHAPE, evaluator=evaluator) for _ in range(2)]
+    states = [chains(sim, 3, seed=9) for sim in sims]
+    identity = SmearedAction(sims[1].lattice, "stout", ALL, 0, 2.7, 0.3, 4)
+    steppers = [sims[0].hmc(4), sims[1].hmc(4, identity)]
+    for _ in range(3):
+        infos = [stepper.step(state) for stepper, state in zip(steppers, states, strict=True)]
+    assert np.array_equal(states[0].config, states[1].config)
+    assert np.array_equal(infos[0].samples["dH"], infos[1].samples["dH"])
+    assert np.array_equal(infos[0].accepted, infos[1].accepted) and infos[0].accepted.any()
+
+
+def test_zero_rhos_are_the_identity_network_to_rounding():
+    """Two stout layers at rho = 0 give exact HMC's force to rounding (the layers then multiply by exp(0) = 1)."""
+    sim = simulation(SHAPE)
+    links = rough_links(sim.lattice, 1, 2)
+    layered = SmearedAction(sim.lattice, "stout", ALL, 2, 2.7, 0.3, 4)
+    assert torch.allclose(layered.link_force(links), sim.action.force(links), rtol=0, atol=1e-12)
+
+
+#: Exactness runs: chains, exact thermalisation, then per method skipped and measured trajectories (leapfrog, 5 steps).
+CHAINS, WARM, SKIP, MEASURED, STEPS = 16, 40, 10, 50, 5
+OBSERVED = ("plaquette", "polyakov", "pbp")
+
+
+def sample(sim, state, effective=None) -> tuple[dict, float]:
+    """Per-chain-means statistics of the observables after SKIP trajectories, and the acceptance."""
+    stepper = sim.hmc(STEPS, effective)
+    run(stepper, state, SKIP)
+    series, accepted = {name: [] for name in OBSERVED}, []
+    for _ in range(MEASURED):
+        accepted.append(stepper.step(state).accepted)
+        for name, values in sim.measure(state).items():
+            series[name].append(values)
+    return {name: chain_means(values) for name, values in series.items()}, float(np.mean(accepted))
+
+
+@pytest.fixture(scope="module")
+def exact_reference():
+    """Per n_flavors: the simulation, thermalised links (exact HMC from a rough start) and exact HMC's results."""
+    cache = {}
+
+    def get(n_flavors: int):
+        if n_flavors not in cache:
+            sim = simulation(SHAPE, n_flavors=n_flavors, integrator="leapfrog")
+            warm = chains(sim, CHAINS, seed=21)
+            run(sim.hmc(STEPS), warm, WARM)
+            state = initial_state(sim.action, warm.config.copy(), chain_streams(22, range(CHAINS)), range(CHAINS))
+            cache[n_flavors] = (sim, warm, sample(sim, state))
+        return cache[n_flavors]
+
+    return get
+
+
+@pytest.mark.parametrize("kind, n_flavors", [("loops", 4), ("stout", 4), ("cask", 4), ("stout", 2)])
+def test_frozen_slhmc_agrees_with_exact_hmc(kind, n_flavors, exact_reference):
+    """plaquette, polyakov and pbp of frozen SLHMC against exact HMC within 3 combined standard errors (dense),
+    both from the same thermalised links with their own random numbers. The read-out is fitted by least squares
+    to exact HMC configurations, the rhos are drawn (exactness holds for any frozen S_eff)."""
+    sim, warm, (reference, exact_acceptance) = exact_reference(n_flavors)
+    # CASK costs ~4x a stout layer's force per layer (three more stouts and the attention): one layer here
+    model = effective_action(kind, sim.lattice, n_layers=1 if kind == "cask" else 2, n_flavors=n_flavors)
+    infos = run(sim.hmc(STEPS), copy.deepcopy(warm), 4)
+    configs = np.concatenate([info.proposed for info in infos])
+    fit_readout(model, model.features(configs), np.concatenate([info.proposed_target for info in infos]))
+    chains_used = CHAINS // 2 if kind == "cask" else CHAINS  # (the errors are each run's own)
+    configs = warm.config[:chains_used].copy()
+    state = initial_state(sim.action, configs, chain_streams(23, range(chains_used)), range(chains_used))
+    results, acceptance = sample(sim, state, model)
+    print(f"{kind} Nf = {n_flavors}: acceptance hmc {exact_acceptance:.2f}, slhmc {acceptance:.2f}")
+    assert acceptance > 0.2, "a fitted model should be accepted often"
+    for name in OBSERVED:
+        (a, ea), (b, eb) = reference[name], results[name]
+        print(f"  {name}: hmc {a:.4f} ± {ea:.4f}, slhmc {b:.4f} ± {eb:.4f}, z = {(a - b) / np.hypot(ea, eb):+.2f}")
+        assert abs(a - b) < 3 * np.hypot(ea, eb), name
+
+
+# ----------------------------------------------------------------------------------------------- whole runs
+
+TRAINING = {
+    "warmup_sweeps": 2,
+    "rounds": 2,
+    "outer_steps_per_round": 3,
+    "steps_per_round": 12,
+    "batch_size": 8,
+    "validate_every": 4,
+}
+SLHMC_JOB = _merge(
+    DESIGN_JOB,
+    {
+        "model": {"shape": [2, 2, 2, 4]},
+        "sampler": {"kind": "slhmc", "md_steps": 4, "thermalization": 2, "measurements": 10},
+        "effective": {"kind": "stout", "n_layers": 1, "loops": ["plaquette", "rectangle"]},
+        "training": TRAINING,
+    },
+)
+
+
+def test_slhmc_trains_online_freezes_and_its_model_runs_with_cg_on_another_lattice(tmp_path):
+    """Warm-up (exact HMC) and rounds on 2 ranks, the frozen model in /model with its /training history and
+    training.png; then that model loaded (effective.load) by a cg job on a larger lattice, which trains nothing."""
+    import h5py
+
+    trained = tmp_path / "trained"
+    run_job(2, write_job(tmp_path, "trained", SLHMC_JOB))
+    with h5py.File(trained / "run.h5", "r") as f:
+        assert f.attrs["status"] == "finished"
+        model, history = f["model"], f["training"]
+        assert model.attrs["kind"] == "stout" and model.attrs["frozen"] and model.attrs["n_layers"] == 1
+        assert model["network.layers.0.rho"].shape == (2,) and np.any(model["network.layers.0.rho"][()] != 0)
+        # 2 ranks x 2 chains: warm-up 2 and 2 rounds of 3 trajectories, every exact evaluation kept
+        assert history["round_samples"][()].tolist() == [4.0 * 5, 4.0 * 8]
+        assert np.isfinite(history["round_validation_loss"][()]).all()
+        assert 1 <= history["round_steps"][-1] <= TRAINING["steps_per_round"]
+        assert f["samples"]["plaquette"].shape == (4, 10)
+    mpirun(1, ["-m", "slmc_hpc", "plot", str(trained)])
+    assert (trained / "plots" / "training.png").exists()
+
+    job = _merge(SLHMC_JOB, {"model": {"shape": [4, 2, 2, 4]}, "evaluator": {"kind": "cg"}})
+    job["effective"]["load"] = str(trained / "run.h5")
+    run_job(2, write_job(tmp_path, "loaded", job))
+    with h5py.File(tmp_path / "loaded" / "run.h5", "r") as f, h5py.File(trained / "run.h5", "r") as g:
+        assert f.attrs["status"] == "finished" and "seconds_warmup" not in f.attrs  # frozen: no training
+        assert np.array_equal(f["model"]["network.layers.0.rho"][()], g["model"]["network.layers.0.rho"][()])
+        assert f["model"]["offset"][()] == pytest.approx(2.0 * g["model"]["offset"][()])  # extensive, V doubled
+        assert (f["samples"]["cg_iterations"][()] > 0).all()
+
+
+def test_slhmc_with_cg_and_nothing_to_load_is_refused_naming_the_key(tmp_path):
+    job = _merge(SLHMC_JOB, {"evaluator": {"kind": "cg"}})
+    proc = run_job(1, write_job(tmp_path, "bad", job), check=False)
+    assert proc.returncode == 2 and "effective.load" in proc.stderr
