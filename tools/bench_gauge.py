@@ -122,9 +122,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cg = f"{r['cg_iterations']:.0f}" if "cg_iterations" in r else "-"
         acceptance = f"{r['acceptance']:.3f}" if r["tau_source"] == "measured" else "-"
-        ess = (
-            f"{r['ess_per_s_plaquette']:.3g} | {r['ess_per_s_pbp']:.3g}" if "ess_per_s_plaquette" in r else "- | -"
-        )
+        ess = f"{r['ess_per_s_plaquette']:.3g} | {r['ess_per_s_pbp']:.3g}" if "ess_per_s_plaquette" in r else "- | -"
         lines.append(
             f"| {r['size']}^4 | {r['evaluator']} | {r['md_steps']} ({r['step_size']:.3g}) | {acceptance} | "
             f"{r['s_per_step']:.3g} | {r['s_per_chain_trajectory']:.3g} | {cg} | {r['tau_plaquette']:.2f} | "
