@@ -141,7 +141,7 @@ def test_dense_and_cg_agree_at_the_seeds_couplings():
     results = {}
     for evaluator in ("dense", "cg"):
         sim = simulation((4, 4, 2, 2), evaluator=evaluator)
-        state = chains(sim, 16, seed=11 if evaluator == "dense" else 12)
+        state = chains(sim, 12, seed=11 if evaluator == "dense" else 12)
         stepper = sim.hmc(6)
         run(stepper, state, 15)
         series = {name: [] for name in ("plaquette", "polyakov", "pbp")}
