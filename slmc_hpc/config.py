@@ -434,11 +434,22 @@ def resume_differences(old: Config, new: Config) -> list[str]:
 
 
 def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
-    """A new, validated Config with dotted keys replaced: with_overrides(cfg, {"sampler.measurements": 10})."""
+    """A new, validated Config with dotted keys replaced: with_overrides(cfg, {"sampler.measurements": 10}).
+
+    An override of `model.kind` to another system starts that system from its own defaults (the old system's keys
+    mean nothing there); only the framework's `output` and `seed` carry over.
+    """
     d = to_dict(cfg)
+    model = overrides.get("model")
+    kind = overrides.get("model.kind", model.get("kind") if isinstance(model, Mapping) else None)
+    if kind is not None and kind != d.get("model", {}).get("kind"):
+        d = {name: d[name] for name in ("output", "seed") if name in d}
+        d["model"] = {"kind": kind}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if key:
+            if section in SECTIONS and section not in d:  # a section the new system starts from its defaults
+                d[section] = {}
             if not isinstance(d.get(section), dict):
                 raise ConfigError(f"{dotted}: unknown key; expected one of {', '.join(SECTIONS)} as the section")
             d[section][key] = value

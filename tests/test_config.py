@@ -301,3 +301,14 @@ def test_evaluator_options_are_checked_per_kind():
         config_from_dict({"evaluator": {"kind": "dense", "options": {"device": 0}}})
     with pytest.raises(ConfigError, match=r"^evaluator.options.ds_method: must be 0, 1 or 2, got 5"):
         config_from_dict({"evaluator": {"kind": "slepc", "options": {"ds_method": 5}}})
+
+
+def test_switching_model_kind_by_override_starts_from_that_systems_defaults():
+    """`slmc-hpc config --set model.kind=su2_staggered` (README): the spin keys do not follow into the gauge job."""
+    from slmc_hpc.config import default_config, with_overrides
+
+    base = with_overrides(default_config(), {"output.dir": "runs/x", "seed": 9})
+    gauge = with_overrides(base, {"model.kind": "su2_staggered", "model.shape": [8, 8, 8, 8], "sampler.kind": "slhmc"})
+    assert gauge.model.kind == "su2_staggered" and list(gauge.model.shape) == [8, 8, 8, 8]
+    assert gauge.sampler.kind == "slhmc" and gauge.model.beta == 2.7  # the gauge defaults
+    assert gauge.output.dir == "runs/x" and gauge.seed == 9  # the framework's keys carry over
