@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from slmc_hpc.core.chains import chain_streams, initial_state
-from slmc_hpc.core.integrators import integrate
 from slmc_hpc.core.learning import fit_readout
 from slmc_hpc.systems.su2_staggered import links as L
 from slmc_hpc.systems.su2_staggered import staggered
@@ -24,7 +23,7 @@ from slmc_hpc.systems.su2_staggered.effective import LoopAction, SmearedAction
 from slmc_hpc.systems.su2_staggered.simulation import EffectiveForce
 from tests.conftest import mpirun
 from tests.test_run import _merge
-from tests.test_su2_hmc import chain_means, chains, run, simulation
+from tests.test_su2_hmc import chain_means, chains, forward_and_back, run, simulation
 from tests.test_su2_run import DESIGN_JOB, write_job
 from tests.test_su2_run import run as run_job
 from tests.test_su2_smearing import direction, lie_fd, randomise, rough_links
@@ -81,25 +80,10 @@ def test_effective_md_is_reversible(kind):
     state = chains(sim, 2)
     sim.action.refresh(state)
     force = EffectiveForce(effective_action(kind, sim.lattice), sim.action)
-    dynamics = sim.dynamics
-    start = dynamics.field(state.config)
-    field, momenta = start.clone(), dynamics.draw_momenta(state.rngs, start)
-    initial = momenta.clone()
-
-    def kick(eps):
-        nonlocal momenta
-        momenta = dynamics.kick(momenta, force(field), eps)
-
-    def drift(eps):
-        nonlocal field, momenta
-        field, momenta = dynamics.drift(field, momenta, eps)
-
-    integrate("omelyan", 5, 0.1, kick, drift)
-    assert (field - start).abs().max() > 0.1
-    momenta = -momenta
-    integrate("omelyan", 5, 0.1, kick, drift)
-    assert (field - start).abs().max() < 1e-10
-    assert (momenta + initial).abs().max() < 1e-9
+    moved, links_error, momenta_error = forward_and_back(sim, state, force, "omelyan", 5, 0.1)
+    assert moved > 0.1
+    assert links_error < 1e-10
+    assert momenta_error < 1e-9
 
 
 @pytest.mark.parametrize("kind", ["loops", "stout", "cask"])
