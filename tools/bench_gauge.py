@@ -24,18 +24,17 @@ import argparse
 import contextlib
 import io
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from slmc_hpc.analysis import analyze_run
-from slmc_hpc.config import config_from_dict, to_yaml
-from slmc_hpc.parallel import launcher_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import run_job as run_scale_job  # noqa: E402  (the sibling tool)
 
 #: Per (size, evaluator): chains per rank, thermalisation and measurements of a full run; None: timing only.
 #: pbp thermalises slowly from the cold start (at 4^4 it drifts for ~100 trajectories): 200 trajectories first.
@@ -66,15 +65,8 @@ def job(size: int, evaluator: str, chains: int, thermalization: int, measurement
 
 
 def run_job(settings: dict, run_dir: Path, ranks: int) -> float:
-    config_path = run_dir.with_suffix(".yaml")
-    config_path.write_text(to_yaml(config_from_dict({**settings, "output": {"dir": str(run_dir)}})))
-    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "slmc_hpc", "run", str(config_path)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=launcher_env(threads=1), capture_output=True, text=True)
-    (run_dir.parent / f"{run_dir.name}.log").write_text(proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
+    """bench_scale's runner, with the log beside the run directory."""
+    return run_scale_job(settings, run_dir, ranks, log=run_dir.parent / f"{run_dir.name}.log")
 
 
 def summarize(run_dir: Path, ranks: int, analyse: bool) -> dict:

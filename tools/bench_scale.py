@@ -64,7 +64,9 @@ METHODS = {
 }
 
 
-def run_job(settings: dict, run_dir: Path, ranks: int) -> float:
+def run_job(settings: dict, run_dir: Path, ranks: int, log: Path | None = None) -> float:
+    """One real `slmc-hpc run` of `settings` on `ranks` MPI ranks (1 thread each) into `run_dir`; its wall seconds.
+    The run's stderr goes to `log` (default run_dir/stderr.log) when it succeeds; a failure stops the bench."""
     config_path = run_dir.with_suffix(".yaml")
     config_path.write_text(to_yaml(config_from_dict({**settings, "output": {"dir": str(run_dir)}})))
     cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "slmc_hpc", "run", str(config_path)]
@@ -72,7 +74,7 @@ def run_job(settings: dict, run_dir: Path, ranks: int) -> float:
     proc = subprocess.run(cmd, env=launcher_env(threads=1), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    (run_dir / "stderr.log").write_text(proc.stderr)
+    (log or run_dir / "stderr.log").write_text(proc.stderr)
     return time.perf_counter() - start
 
 
