@@ -52,7 +52,7 @@ install-gpu: install
 
 test: install
 	$(PY) -m ruff check slmc_hpc tests tools
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 tests
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # The real-SLURM tests (slurmctld/slurmd/munge on localhost); part of `make test` too.
 test-cluster: install

@@ -20,8 +20,9 @@ SPIN_SAMPLES = ("omega", "m", "ms", "nn", "density", "electron_energy", "accepta
 
 
 def mpi_env(threads: int = 1) -> dict[str, str]:
-    """Environment for mpirun as root on a small machine, one BLAS thread per rank."""
-    return {**launcher_env(threads), "PYTHONUNBUFFERED": "1"}
+    """Environment for mpirun as root on a small machine, one BLAS thread per rank. Ranks waiting in MPI yield
+    the core (two test workers run two jobs at once, and OpenMPI would otherwise spin in every wait)."""
+    return {**launcher_env(threads), "PYTHONUNBUFFERED": "1", "OMPI_MCA_mpi_yield_when_idle": "1"}
 
 
 def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, cwd=None) -> subprocess.CompletedProcess:
@@ -31,6 +32,17 @@ def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, cw
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+#: Files collected first, longest first: those whose tests wait on wall-clock timers (PBS's walltime, signals
+#: at phases), then the longest by CPU, so that `make test`'s two workers (`-n 2 --dist loadfile`) fill those
+#: waits with other files and do not end on one long file alone.
+LONG_FIRST = ("test_jobs.py", "test_restart.py", "test_su2_run.py", "test_su2_slhmc.py", "test_su2_hmc.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: the rest keep their order
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """The job templates on a real SLURM (slurmctld + slurmd + munge on this machine) and PBS's script body.
 
-The SLURM test submits jobs/slurm/slmc.sbatch with a 1-minute time limit to a run that needs longer:
-SLURM signals the batch shell, the run checkpoints, the job requeues itself (same job id), resumes, and
-finishes with samples bitwise identical to an uninterrupted mpirun of the same configuration.
+The SLURM test submits jobs/slurm/slmc.sbatch and has SLURM signal its batch shell while the run is going:
+the run checkpoints, the job requeues itself (same job id), resumes, and finishes with samples bitwise
+identical to an uninterrupted mpirun of the same configuration.
 PBS has no Debian package: its script runs under bash with the environment PBS provides, and `qsub` is
 a stand-in on PATH that records the resubmission, which the test then runs as PBS would.
 """
@@ -105,9 +105,11 @@ def test_local_slurm_runs_a_batch_job(slurm_cluster, tmp_path):
 
 
 def test_sbatch_checkpoints_on_signal_requeues_and_matches_uninterrupted_run(slurm_cluster, tmp_path):
-    """Time limit 1 min, USR1 55 s before it: SLURM checks every 30 s, so it comes 0-30 s after the start
-    (held back to >= 8 s); the run needs ~40 s on an idle machine, so it is interrupted at least once."""
-    measurements = 7000
+    """SLURM sends USR1 to the batch shell once the run has started (`scancel --signal=USR1 --batch`: what
+    `--signal=B:USR1@T` does T seconds before the time limit, which SLURM checks only every 30 s, too coarse for
+    a short test); the template holds it back to 8 s after the launch, and the run needs ~17 s on an idle machine,
+    so it is interrupted, checkpoints, requeues itself and resumes."""
+    measurements = 3000
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     (job_dir / "job.yaml").write_text(tiny_config(measurements))
@@ -117,9 +119,13 @@ def test_sbatch_checkpoints_on_signal_requeues_and_matches_uninterrupted_run(slu
     env = {**slurm_cluster.env, **job_env(SLMC_STARTUP_GRACE="8", SLMC_LAUNCHER=launcher)}
     start, submitted = time.monotonic(), time.time()
     job = slurm_cluster.sbatch(
-        "--time=1", "--signal=B:USR1@55", "--ntasks=2", "--output=job.out", str(SBATCH), "job.yaml",
-        env=env, cwd=job_dir,
-    )  # fmt: skip
+        "--time=10", "--ntasks=2", "--output=job.out", str(SBATCH), "job.yaml", env=env, cwd=job_dir
+    )
+    deadline = time.monotonic() + 120
+    while not (job_dir / "run" / "run.h5").exists():  # the run has started: the batch shell traps USR1 by now
+        assert time.monotonic() < deadline and slurm_cluster.job(job).get("JobState") in ("PENDING", "RUNNING")
+        time.sleep(0.2)
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", str(job))
     reference = ReferenceRun(tmp_path / "reference", measurements)
     reference.start()
     info = slurm_cluster.wait_job(job, timeout=900)

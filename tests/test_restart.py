@@ -31,7 +31,7 @@ SLMC_NESTED = _merge(
     {
         "effective": {"kind": "transformer", "n_J": 2, "n_layers": 1, "n_att": 2},
         "training": {"steps_per_round": 20},
-        "sampler": {"inner_sweeps": 2, "inner_block": 4, "measurements": 3000},
+        "sampler": {"inner_sweeps": 2, "inner_block": 4, "measurements": 1500},
     },
 )
 OFTEN = {"output": {"checkpoint_every": 0.4}}  # seconds; it does not change the samples
@@ -193,7 +193,7 @@ def test_nested_transformer_sigterm_in_production_resume_bitwise_identical(tmp_p
     proc = launch(2, config, log)
     wait_for_phase(proc, run_dir, "production", log, measurements=20)
     assert interrupt(proc, signal.SIGTERM) == 0, log.read_text()
-    assert checkpoint_counters(run_dir)["measurements"] < 3000
+    assert checkpoint_counters(run_dir)["measurements"] < 1500
     run_cli(2, config)
     assert_same_samples(run_dir, reference)
     with h5py.File(run_dir / "run.h5", "r") as f, h5py.File(reference / "run.h5", "r") as g:
