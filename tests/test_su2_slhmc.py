@@ -231,3 +231,29 @@ def test_slhmc_with_cg_and_nothing_to_load_is_refused_naming_the_key(tmp_path):
     job = _merge(SLHMC_JOB, {"evaluator": {"kind": "cg"}})
     proc = run_job(1, write_job(tmp_path, "bad", job), check=False)
     assert proc.returncode == 2 and "effective.load" in proc.stderr
+
+
+class ModelTrajectories:
+    """A stepper whose dH is Gaussian with mean FLOOR + C / n^4 and variance twice that (as <exp(-dH)> = 1 wants):
+    an effective action's own mismatch (the floor) plus a second-order integrator's error."""
+
+    FLOOR, C, CHAINS = 0.6, 500.0, 64
+
+    def __init__(self, n: int, rng: np.random.Generator):
+        self.mean, self.rng = self.FLOOR + self.C / n**4, rng
+
+    def step(self, state):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(samples={"dH": self.rng.normal(self.mean, np.sqrt(2 * self.mean), self.CHAINS)})
+
+
+def test_md_step_tuning_of_an_effective_action_stops_where_more_steps_no_longer_lower_dh():
+    """Acceptance 0.8 is out of reach (the floor alone gives ~0.58): 10 steps (integrator part 0.05), then 16
+    (dH barely lower: more steps do not pay), then 5 (dH 1.4, far above the floor): 10 it is, not the cap."""
+    from slmc_hpc.core.hmc import tune_md_steps
+
+    rng = np.random.default_rng(3)
+    md_steps, rows = tune_md_steps(lambda n: ModelTrajectories(n, rng), None, None, 10, 0.8, max_steps=40)
+    assert [n for n, _, _ in rows] == [10, 16, 5]
+    assert md_steps == 10

@@ -104,6 +104,9 @@ class HMCUpdate:
 #: md_steps auto: trajectories per chain and round, and the rounds of `tune_md_steps`.
 TRAJECTORIES_PER_ROUND = 4
 MIN_ROUNDS, MAX_ROUNDS = 3, 10
+#: With an effective action (max_steps given): more steps that leave more than this share of <dH> are not taken,
+#: and fewer steps are taken while <dH> stays under FLOOR_MARGIN times the least measured.
+FLOOR_RATIO, FLOOR_MARGIN = 0.5, 1.5
 
 
 def target_energy_violation(acceptance: float) -> float:
@@ -111,6 +114,35 @@ def target_energy_violation(acceptance: float) -> float:
     from scipy.special import erfcinv
 
     return float((2.0 * erfcinv(acceptance)) ** 2)
+
+
+def _tuning_round(stepper, state: ChainState, comm) -> tuple[float, float]:
+    """TRAJECTORIES_PER_ROUND trajectories of every chain: (acceptance, <dH>), over all ranks (rank 0's, broadcast)."""
+    from slmc_hpc import parallel
+
+    squares, accepted, count = 0.0, 0.0, 0
+    for _ in range(TRAJECTORIES_PER_ROUND):
+        dh = stepper.step(state).samples["dH"]
+        squares += float(np.sum(dh * dh))
+        accepted += float(np.sum(np.minimum(1.0, np.exp(-dh))))
+        count += dh.size
+    total = parallel.allreduce_sum(comm, np.array([squares, accepted, float(count)]))
+    total = parallel.broadcast_array(comm, total)
+    return float(total[1] / total[2]), float(np.sqrt(1.0 + total[0] / total[2]) - 1.0)
+
+
+def _fewest_steps_at_the_floor(make_stepper, state: ChainState, comm, rows: list) -> tuple[int, list]:
+    """<dH> stopped falling with more steps: halve the count while <dH> stays within FLOOR_MARGIN of its floor
+    (the least measured), as each halving halves the cost of a trajectory for little acceptance."""
+    floor = min(v for _, _, v in rows)
+    best = rows[-2][0]
+    n = best // 2
+    while n >= 1:
+        rows.append((n, *_tuning_round(make_stepper(n), state, comm)))
+        if rows[-1][2] > FLOOR_MARGIN * floor:
+            break
+        best, n = n, n // 2
+    return best, rows
 
 
 def tune_md_steps(
@@ -125,25 +157,19 @@ def tune_md_steps(
     (= <dH>^2 + 2<dH> for Gaussian dH, less noisy than <dH>), globally over the ranks (rank 0's numbers,
     broadcast), and the count is rescaled by (<dH>/target)^(1/4), at most 4x up or 2x down per round. It stops
     when the count is the same two rounds in a row (after MIN_ROUNDS). `max_steps` caps the count (an effective
-    action's dH does not vanish with the step size, so more steps need not reach the target). Returns (md_steps,
-    [(n, acceptance, <dH>) per round]).
+    action's dH does not vanish with the step size, so more steps need not reach the target); with it, tuning also
+    stops at the smaller count when more steps did not at least halve <dH> (the integrator's part would fall
+    16-fold for twice the steps: what is left is the effective action's own mismatch, which steps cannot buy
+    down), then halves the count while <dH> stays near that floor. Returns (md_steps, [(n, acceptance, <dH>)
+    per round]).
     """
-    from slmc_hpc import parallel
-
     wanted = target_energy_violation(target)
     n, rows, previous = max(1, int(first_steps)), [], None
     for round_ in range(MAX_ROUNDS):
-        stepper = make_stepper(n)
-        squares, accepted, count = 0.0, 0.0, 0
-        for _ in range(TRAJECTORIES_PER_ROUND):
-            dh = stepper.step(state).samples["dH"]
-            squares += float(np.sum(dh * dh))
-            accepted += float(np.sum(np.minimum(1.0, np.exp(-dh))))
-            count += dh.size
-        total = parallel.allreduce_sum(comm, np.array([squares, accepted, float(count)]))
-        total = parallel.broadcast_array(comm, total)
-        violation = float(np.sqrt(1.0 + total[0] / total[2]) - 1.0)
-        rows.append((n, float(total[1] / total[2]), violation))
+        rows.append((n, *_tuning_round(make_stepper(n), state, comm)))
+        violation = rows[-1][2]
+        if max_steps is not None and len(rows) > 1 and n > rows[-2][0] and violation > FLOOR_RATIO * rows[-2][2]:
+            return _fewest_steps_at_the_floor(make_stepper, state, comm, rows)
         scale = (max(violation, 1e-12) / wanted) ** 0.25
         chosen = int(min(4 * n, max(1, int(np.ceil(n * scale)), n // 2)))
         if max_steps is not None:
