@@ -64,7 +64,7 @@ PLANS = {
 TIMING_TRAJECTORIES = 3
 #: With --slhmc (a budget of about an hour on 2 cores): shorter full runs, and 2 timing trajectories (dense 8^4
 #: takes 105 s each).
-SLHMC_PLANS = {4: (4, 100, 300), 6: (2, 80, 160), 8: (1, 30, 40)}
+SLHMC_PLANS = {4: (4, 100, 300), 6: (2, 60, 120), 8: (1, 30, 40)}
 SLHMC_TIMING_TRAJECTORIES = 2
 TARGET_ESS = 1000.0
 
