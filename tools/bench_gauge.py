@@ -144,6 +144,8 @@ def summarize(run_dir: Path, ranks: int, analyse: bool) -> dict:
             results = analyze_run(run_dir)
         for name in ("plaquette", "pbp"):  # (no τ_int from a series too short or never moving: NaN)
             stats = results[name]
+            if row["acceptance"] == 0.0:  # the chains never moved: pbp's noise estimates are no samples
+                stats = {"tau_int": None, "ess": None}
             row[f"tau_{name}"] = float(stats["tau_int"] if stats["tau_int"] is not None else np.nan)
             row[f"ess_{name}"] = float(stats["ess"] if stats["ess"] is not None else np.nan)
             row[f"ess_per_s_{name}"] = row[f"ess_{name}"] / row["production_s"]
@@ -202,10 +204,13 @@ def comparison(rows: list[dict]) -> str:
         if method(r) == "exact HMC" or reference is None:
             continue
         training = (r["train_s"] / 60, r.get("transferred_train_s", 0.0) / 60)
+        if np.isfinite(r["time_to_target"]):
+            slhmc = f"{r['time_to_target'] / 60:.1f} | {reference['time_to_target'] / r['time_to_target']:.2f}×"
+        else:
+            slhmc = "never (nothing accepted) | 0"
         lines.append(
             f"| {r['size']}^4 | {r['evaluator']} | {reference['time_to_target'] / 60:.1f} | {method(r)} | "
-            f"{training[0]:.1f} + {training[1]:.1f} | {r['time_to_target'] / 60:.1f} | "
-            f"{reference['time_to_target'] / r['time_to_target']:.2f}× |"
+            f"{training[0]:.1f} + {training[1]:.1f} | {slhmc} |"
         )
     return "\n".join(lines)
 
