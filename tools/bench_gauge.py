@@ -29,7 +29,7 @@ from the run's cold start, so a few rounds there would fit links far from equili
 dense forces at 8^4.
 
     .venv/bin/python tools/bench_gauge.py                          # 4^4, 6^4, 8^4 (about 35 min on 2 cores)
-    .venv/bin/python tools/bench_gauge.py --slhmc --json out.json  # with SLHMC (about 60 min)
+    .venv/bin/python tools/bench_gauge.py --slhmc --json out.json  # with SLHMC (over an hour)
     .venv/bin/python tools/bench_gauge.py --sizes 4 --json out.json
 """
 
@@ -49,7 +49,8 @@ import numpy as np
 from slmc_hpc.analysis import analyze_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import run_job as run_scale_job  # noqa: E402  (the sibling tool)
+from bench_scale import TARGET_ESS  # noqa: E402  (the sibling tool)
+from bench_scale import run_job as run_scale_job  # noqa: E402
 
 #: Per (size, evaluator): chains per rank, thermalisation and measurements of a full run; None: timing only.
 #: pbp thermalises slowly from the cold start (at 4^4 it drifts for ~100 trajectories): 200 trajectories first.
@@ -66,7 +67,6 @@ TIMING_TRAJECTORIES = 3
 #: takes 105 s each).
 SLHMC_PLANS = {4: (4, 100, 300), 6: (2, 60, 120), 8: (1, 30, 40)}
 SLHMC_TIMING_TRAJECTORIES = 2
-TARGET_ESS = 1000.0
 
 #: The SLHMC of each evaluator (the best of tools/slhmc_table.py at 4^4 for what it costs).
 EFFECTIVE = {
@@ -104,12 +104,13 @@ def job(size: int, evaluator: str, chains: int, thermalization: int, measurement
     }
 
 
-def slhmc_job(size: int, evaluator: str, plan: tuple[int, int, int], seed: int, **effective) -> dict:
-    """SLHMC with the evaluator's effective action; `effective` adds load or init (and `training` its section)."""
-    training = effective.pop("training", None)
+def slhmc_job(
+    size: int, evaluator: str, plan: tuple[int, int, int], seed: int, effective: dict, training: dict | None = None
+) -> dict:
+    """SLHMC with `effective` (its `effective` section: kind, loops, ..., load); training with `training`."""
     settings = job(size, evaluator, *plan, "auto", seed)
     settings["sampler"]["kind"] = "slhmc"
-    settings["effective"] = {**EFFECTIVE[evaluator], **effective}
+    settings["effective"] = effective
     if training is not None:
         settings["training"] = training
     return settings
@@ -163,7 +164,7 @@ def time_to_target(row: dict, ranks: int, before_trajectories: int = 0) -> float
     then production at the row's rate (a timing-only row: `before_trajectories` at its time per trajectory)."""
     rate = row.get("ess_per_s_pbp", ranks * per_core(row, "pbp"))
     before = row["train_s"] + row.get("transferred_train_s", 0.0) + row["tune_s"] + row["thermalize_s"]
-    before += before_trajectories * row["s_per_step"] if row["tau_source"] != "measured" else 0.0
+    before += before_trajectories * row["s_per_step"]
     return before + TARGET_ESS / rate
 
 
@@ -260,21 +261,18 @@ def slhmc_rows(args, workdir: Path) -> list[dict]:
         name = effective["kind"] + (f" {effective['n_layers']} layer" if "n_layers" in effective else "")
         trained = workdir / f"train_{evaluator}_{effective['kind']}"
         plan = SLHMC_PLANS[TRAIN_SIZE]
-        settings = slhmc_job(TRAIN_SIZE, "dense", (plan[0], 0, 1), args.seed, training=TRAINING)
-        settings["effective"] = {**EFFECTIVE[evaluator]}
+        settings = slhmc_job(TRAIN_SIZE, "dense", (plan[0], 0, 1), args.seed, dict(effective), TRAINING)
         settings["sampler"]["md_steps"] = TRAINING_MD_STEPS  # what `auto` trains with; no tuning for 1 measurement
         run_job(settings, trained, args.ranks)
         trained_s = summarize(trained, args.ranks, analyse=False)["train_s"]
         model = str(trained / "run.h5")
         print(f"# {name}: trained at {TRAIN_SIZE}^4 in {trained_s:.0f} s ({model})", flush=True)
         for size in sorted(args.sizes):
-            plan = SLHMC_PLANS[size]
-            settings = slhmc_job(size, evaluator, plan, args.seed, load=model)
-            label = f"{name}, trained at {TRAIN_SIZE}^4"
+            settings = slhmc_job(size, evaluator, SLHMC_PLANS[size], args.seed, {**effective, "load": model})
             run_dir = workdir / f"L{size}_{evaluator}_slhmc"
             wall = run_job(settings, run_dir, args.ranks)
             row = summarize(run_dir, args.ranks, analyse=True)
-            row.update(size=size, evaluator=evaluator, wall=wall, method=f"SLHMC {label}")
+            row.update(size=size, evaluator=evaluator, wall=wall, method=f"SLHMC {name}, trained at {TRAIN_SIZE}^4")
             row["transferred_train_s"] = trained_s
             row["time_to_target"] = time_to_target(row, args.ranks)
             rows.append(row)
