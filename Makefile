@@ -66,7 +66,7 @@ bench: install
 # (about 25 minutes on 2 cores; run it alone on the machine). L = 24, documented in the README from one run:
 # tools/bench_scale.py --sizes 24 --models transformer --measurements 300 --exact-sweeps 1 --exact-chains-per-rank 1
 bench-scale: install
-	$(PY) tools/bench_scale.py --sizes 8 12 16
+	$(PY) tools/bench_scale.py --sizes 8 12 16 --hmc-lengths 1 1.5 2
 
 # Exact HMC of SU(2) with staggered fermions, dense against cg, at 4^4, 6^4, 8^4 (about 35 minutes, run it alone).
 bench-gauge: install

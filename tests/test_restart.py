@@ -34,6 +34,9 @@ SLMC_NESTED = _merge(
         "sampler": {"inner_sweeps": 2, "inner_block": 4, "measurements": 1500},
     },
 )
+# Exact HMC of the spins: its evaluator keeps the diagonalisations of the forces for the test and the next start;
+# a resumed run starts with none kept and must still give the same chains.
+SPIN_HMC = {"sampler": {"kind": "hmc", "md_steps": 2, "trajectory_length": 1.0, "measurements": 600}}
 OFTEN = {"output": {"checkpoint_every": 0.4}}  # seconds; it does not change the samples
 
 
@@ -200,6 +203,19 @@ def test_nested_transformer_sigterm_in_production_resume_bitwise_identical(tmp_p
         proposal = f["model"]["proposal_couplings"][()]
         assert proposal.shape == (5,) and np.any(proposal != 0)  # 4x4: 5 distance shells
         assert np.array_equal(proposal, g["model"]["proposal_couplings"][()])
+
+
+def test_spin_exact_hmc_sigterm_in_production_resume_bitwise_identical(tmp_path):
+    reference = tmp_path / "reference"
+    run_cli(2, write_config(tmp_path, "reference", **SPIN_HMC))
+    config = write_config(tmp_path, "run", **_merge(SPIN_HMC, OFTEN))
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = launch(2, config, log)
+    wait_for_phase(proc, run_dir, "production", log, measurements=20)
+    assert interrupt(proc, signal.SIGTERM) == 0, log.read_text()
+    assert checkpoint_counters(run_dir)["measurements"] < 600
+    run_cli(2, config)
+    assert_same_samples(run_dir, reference)
 
 
 def test_one_rank_and_two_ranks_give_identical_chains(tmp_path, exact_reference):

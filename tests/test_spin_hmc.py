@@ -115,6 +115,29 @@ def test_a_trajectory_on_the_spheres_is_reversible(integrator):
     assert np.abs(back - state.config).max() < 1e-12 and np.abs(q + momenta).max() < 1e-11
 
 
+def test_exact_hmc_diagonalises_once_per_new_force_and_the_test_and_next_start_reuse_it():
+    """With the exact HMC's evaluator (`forces`), a trajectory of n Omelyan steps costs 2n diagonalisations per
+    chain, not 2n + 1 forces and a test; the chain equals one whose test diagonalises again (eigvalsh)."""
+    model = DoubleExchange(lx=4, ly=4, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.1)
+    runs = {}
+    for forces in (True, False):
+        action = SpinAction(make_evaluator("dense", model, forces=forces))
+        chain = hmc_chain(action, ExactSpinForce(action), "omelyan", 3, 3.0)
+        state = init_chains(action, seed=6, chains=range(3))
+        counts, accepted = [], []
+        for _ in range(6):
+            before = action.evaluator.eigh_count
+            accepted.append(chain.step(state).accepted)
+            counts.append(action.evaluator.eigh_count - before)
+        runs[forces] = state.config.copy(), state.action.copy(), np.array(accepted)
+        if forces:
+            assert counts == [3 * 2 * 3] * 6, counts  # 3 chains x 2n; the first force and the test are kept
+            assert 0 < runs[forces][2].mean() < 1  # trajectories both accepted and rejected
+    np.testing.assert_array_equal(runs[True][2], runs[False][2])
+    np.testing.assert_array_equal(runs[True][0], runs[False][0])
+    np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-12)
+
+
 def test_dh_scales_as_eps_squared_and_omelyan_beats_leapfrog():
     action = spin_action(4)
     state = init_chains(action, seed=5, chains=range(4))
@@ -175,7 +198,8 @@ def trained(kind: str, reference, steps: int = 60):
 def test_hmc_and_slhmc_agree_with_the_exact_local_mc(exact_local_mc, size, sampler):
     reference = exact_local_mc[size]
     action = reference.action
-    if sampler == "hmc":
+    if sampler == "hmc":  # the production evaluator of exact HMC: Ω from the forces' eigh, diagonalisations kept
+        action = SpinAction(make_evaluator("dense", action.model, forces=True))
         force = ExactSpinForce(action)
     else:
         force = EffectiveSpinForce(trained(sampler.split("-")[1], reference), action.model.T)

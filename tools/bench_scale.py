@@ -12,9 +12,10 @@ For each size it runs, one after the other on the same machine, real `slmc-hpc r
   at L = `--tau-size` (8: 200 sweeps, about 2 minutes), said in the table. τ of the local MC in sweeps
   grows with L, so this underestimates the exact MC's cost at larger L: the speed-ups are lower bounds;
 - exact HMC (`hmc`: eigenvector forces, Omelyan, md_steps tuned for acceptance 0.8, the strong exact
-  baseline) and self-learning HMC (`slhmc-transformer`, `slhmc-linear`: the same training as SLMC, then
-  trajectories under H_eff's force, length and steps tuned by ESJD per second), with `--hmc-measurements`
-  trajectories and `--hmc-chains-per-rank` chains (an exact trajectory costs md_steps + 1 `eigh`).
+  baseline; `--hmc-lengths` runs it at several trajectory lengths and the best one counts) and self-learning
+  HMC (`slhmc-transformer`, `slhmc-linear`: the same training as SLMC, then trajectories under H_eff's force,
+  length and steps tuned by ESJD per second), with `--hmc-measurements` trajectories and
+  `--hmc-chains-per-rank` chains (an exact trajectory costs 2 md_steps `eigh` with Omelyan).
 
 Every speed-up is given against the exact local MC and against the best exact method of the size (the
 one with the most production ESS/s of ms: exact HMC from L = 8 on). A diagonalisation is one `eigvalsh`
@@ -85,7 +86,8 @@ def results_of(run_dir: Path) -> dict:
 
 def summarize_slmc(run_dir: Path, wall: float) -> dict:
     """An SLMC, exact HMC or SLHMC run: its phases' times, acceptance, τ_int and ESS of ms and Ω, ESS per
-    diagonalisation (a trajectory of exact HMC costs md_steps + 1 of them per chain, SLMC and SLHMC steps one)."""
+    diagonalisation (a trajectory of exact HMC costs one `eigh` per new force per chain: 2 md_steps with Omelyan,
+    md_steps with leapfrog, as its first force and its test reuse diagonalisations; SLMC and SLHMC steps one)."""
     with h5py.File(run_dir / "run.h5", "r", locking=False) as f:
         attrs = f.attrs
         seconds = {k[len("seconds_") :]: float(v) for k, v in attrs.items() if k.startswith("seconds_")}
@@ -102,7 +104,9 @@ def summarize_slmc(run_dir: Path, wall: float) -> dict:
         md_steps = int(attrs.get("md_steps", 0))
     results = results_of(run_dir)
     self_learning = sum(seconds.get(p, 0.0) for p in ("warmup", "train", "freeze", "tune"))
-    per_step = 1 + (2 * md_steps + 1 if config.sampler.kind == "hmc" else 0)  # Omelyan's forces
+    per_step = 1
+    if config.sampler.kind == "hmc":
+        per_step = 2 * md_steps if config.sampler.integrator == "omelyan" else md_steps
     evaluations = training_samples + n_chains * per_step * (tune_steps + config.sampler.thermalization + steps)
     rate = results["ms"]["ess"] / seconds["production"]
     return {
@@ -156,7 +160,7 @@ def run_sites(run_dir: Path) -> int:
 
 
 def table(size: int, exact: dict, rows: dict[str, dict]) -> str:
-    best_exact = max([exact, *(r for name, r in rows.items() if name == "hmc")], key=lambda r: r["ess_per_s"])
+    best_exact = max([exact, *(r for name, r in rows.items() if name.startswith("hmc"))], key=lambda r: r["ess_per_s"])
     best_name = "exact HMC" if best_exact is not exact else "exact local MC"
     lines = [
         f"L = {size} (N = {size * size}); exact local MC: {1e3 * exact['seconds_per_sweep']:.0f} ms per sweep, "
@@ -193,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--hmc-measurements", type=int, default=200, help="trajectories of the (SL)HMC runs")
     parser.add_argument("--hmc-chains-per-rank", type=int, default=4, help="chains per rank of the exact HMC runs")
+    parser.add_argument(
+        "--hmc-lengths",
+        type=float,
+        nargs="+",
+        help="exact HMC: one run per trajectory length (rows 'hmc τ<length>'; default: one run, the job's auto)",
+    )
     parser.add_argument(
         "--exact-sweeps",
         type=int,
@@ -238,10 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         for index, size in enumerate(args.sizes):
             lattice = {"model": {"lx": size, "ly": size}}
             rows = {}
+            variants = []  # (row name, method, sampler settings beyond its kind)
             for name in args.models:
-                run_dir = base / f"L{size}_{name}"
+                if name == "hmc" and args.hmc_lengths:
+                    variants += [(f"hmc τ{t:g}", name, {"trajectory_length": t}) for t in args.hmc_lengths]
+                else:
+                    variants.append((name, name, {}))
+            for row, name, sampler in variants:
+                run_dir = base / f"L{size}_{row.replace(' ', '_')}"
                 kind, effective = METHODS[name]
-                settings = {**lattice, "sampler": {"kind": kind}}
+                settings = {**lattice, "sampler": {"kind": kind, **sampler}}
                 if effective:
                     settings["effective"] = {"kind": effective}
                 if kind in ("hmc", "slhmc"):
@@ -251,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif args.measurements:
                     settings["sampler"]["measurements"] = args.measurements
                 wall = run_job(settings, run_dir, args.ranks)
-                rows[name] = summarize_slmc(run_dir, wall)
-                print(f"#   L={size} {name}: {wall:.0f} s wall", flush=True)
+                rows[row] = summarize_slmc(run_dir, wall)
+                print(f"#   L={size} {row}: {wall:.0f} s wall", flush=True)
             default_sweeps = args.tau_sweeps if size == args.tau_size else 25 if size <= 12 else 4
             sweeps = args.exact_sweeps[index] if args.exact_sweeps else default_sweeps
             run_dir = base / f"L{size}_exact"

@@ -69,7 +69,7 @@ sampler:
   chains_per_rank: 8
   inner_sweeps: auto      # slmc: inner sweeps (N proposals each) per outer step (auto: measured, see tune)
   inner_block: auto       # slmc + transformer: moves per sub-chain under the fitted linear proposal (0: none)
-  trajectory_length: auto # hmc, slhmc: MD time per trajectory (auto: hmc 1.0; slhmc measured with md_steps)
+  trajectory_length: auto # hmc, slhmc: MD time per trajectory (auto: hmc 1.5; slhmc measured with md_steps)
   md_steps: auto          # hmc: steps for target_acceptance; slhmc: measured by ESJD per second (tune phase)
   integrator: omelyan     # omelyan | leapfrog
   target_acceptance: 0.8  # hmc with md_steps auto: the acceptance the step size is chosen for
@@ -116,7 +116,7 @@ RULES = {
         "kind": choice(*SAMPLER_KINDS),
         "inner_sweeps": auto_or(at_least(1), "measured before production"),
         "inner_block": auto_or(at_least(0), "measured before production"),
-        "trajectory_length": auto_or(positive_number, "hmc 1.0, slhmc measured before production"),
+        "trajectory_length": auto_or(positive_number, "hmc 1.5, slhmc measured before production"),
         "md_steps": auto_or(at_least(1), "chosen before production"),
         "integrator": choice(*INTEGRATORS),
         "target_acceptance": bounded(number, lambda v: 0 < v < 1, "> 0 and < 1"),

@@ -27,12 +27,13 @@ class Evaluator(Protocol):
         ...
 
 
-def make_evaluator(kind: str, model: DoubleExchange, comm=None, **options) -> Evaluator:
-    """Build the evaluator named in `evaluator.kind`; `comm` is the group sharing one matrix (slepc)."""
+def make_evaluator(kind: str, model: DoubleExchange, comm=None, forces: bool = False, **options) -> Evaluator:
+    """Build the evaluator named in `evaluator.kind`; `comm` is the group sharing one matrix (slepc); `forces`:
+    the exact HMC's evaluator, which diagonalises with eigenvectors and keeps them (dense only)."""
     if kind == "dense":
         from slmc_hpc.systems.double_exchange.evaluators.dense import DenseEvaluator
 
-        return DenseEvaluator(model)
+        return DenseEvaluator(model, forces=forces)
     if kind == "cupy":
         from slmc_hpc.systems.double_exchange.evaluators.cupy import CupyEvaluator
 
