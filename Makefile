@@ -63,7 +63,8 @@ bench: install
 	$(PY) tools/bench_slmc.py
 
 # Whole runs, training included, at L = 8, 12, 16 against the exact local MC and all-shell linear SLMC
-# (about 25 minutes on 2 cores; run it alone on the machine). L = 24, documented in the README from one run:
+# (about 100 minutes on 2 cores with the SLHMC rows, 84 without; run it alone on the machine).
+# L = 24, documented in the README from one run:
 # tools/bench_scale.py --sizes 24 --models transformer --measurements 300 --exact-sweeps 1 --exact-chains-per-rank 1
 bench-scale: install
 	$(PY) tools/bench_scale.py --sizes 8 12 16 --hmc-lengths 1 1.5 2

@@ -143,6 +143,25 @@ def test_a_trajectory_does_not_depend_on_the_other_chains_of_its_batch():
     assert np.array_equal(pbp[0], np.concatenate(pbp[1:]))
 
 
+@pytest.mark.parametrize("integrator, forces_per_step", [("leapfrog", 1), ("omelyan", 2)])
+def test_dense_hmc_factorises_each_new_configuration_once(integrator, forces_per_step):
+    """The dense evaluator keeps its Cholesky factors: a trajectory of n steps costs one factorisation per new
+    force and chain (its first force, its test and the measurement after it take kept ones), and the pbp from a
+    kept factor is the one computed afresh."""
+    from slmc_hpc.systems.su2_staggered import staggered
+
+    sim = simulation((2, 2, 2, 2), integrator=integrator)
+    state = chains(sim, 3, seed=2)
+    stepper = sim.hmc(4)
+    for _ in range(3):
+        before = sim.action.factorisations
+        stepper.step(state)
+        pbp = sim.measure(state)["pbp"]
+        assert sim.action.factorisations - before == 3 * 4 * forces_per_step
+    fresh = staggered.pbp_dense(torch.from_numpy(state.config), sim.lattice, sim.action.mass, 4).numpy()
+    np.testing.assert_allclose(pbp, fresh, rtol=1e-13)
+
+
 def test_dense_and_cg_agree_at_the_seeds_couplings():
     """beta = 2.7, m = 0.3, Nf = 4 on 4x4x2x2 (4^4 is the bench's): plaquette, polyakov and pbp within 3 sigma."""
     results = {}

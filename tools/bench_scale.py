@@ -27,7 +27,7 @@ thermalization and production all counted), and the wall time to ESS(ms) = 1000 
 training (self-learning + thermalization + 1000 / production ESS rate). Ratios are against the
 exact local MC measured in the same invocation.
 
-    .venv/bin/python tools/bench_scale.py                      # L = 8, 12, 16 (about 25 minutes on 2 cores)
+    .venv/bin/python tools/bench_scale.py --hmc-lengths 1 1.5 2  # L = 8, 12, 16 (about 100 minutes on 2 cores)
     .venv/bin/python tools/bench_scale.py --sizes 12 --json bench_out/L12.json
     .venv/bin/python tools/bench_scale.py --sizes 24 --models transformer --measurements 300 \
         --exact-sweeps 1 --exact-chains-per-rank 1            # L = 24 (about an hour)
@@ -68,7 +68,7 @@ METHODS = {
 def run_job(settings: dict, run_dir: Path, ranks: int, log: Path | None = None) -> float:
     """One real `slmc-hpc run` of `settings` on `ranks` MPI ranks (1 thread each) into `run_dir`; its wall seconds.
     The run's stderr goes to `log` (default run_dir/stderr.log) when it succeeds; a failure stops the bench."""
-    config_path = run_dir.with_suffix(".yaml")
+    config_path = run_dir.parent / f"{run_dir.name}.yaml"  # names may hold dots (hmc τ1.5)
     config_path.write_text(to_yaml(config_from_dict({**settings, "output": {"dir": str(run_dir)}})))
     cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "slmc_hpc", "run", str(config_path)]
     start = time.perf_counter()

@@ -231,7 +231,9 @@ def pbp_dense(
 ) -> torch.Tensor:
     """Exact chiral condensate (Nf/4) Re Tr D^-1 / V = (Nf/4) 2m Tr M_ee^-1 / V per chain [B]."""
     chol = mee_cholesky(links, lattice, mass) if chol is None else chol
-    trace = torch.diagonal(torch.cholesky_inverse(chol), dim1=-2, dim2=-1).real.sum(dim=-1)
+    eye = torch.eye(chol.shape[-1], dtype=chol.dtype).expand_as(chol)
+    inverse = torch.linalg.solve_triangular(chol, eye, upper=False)  # Tr (L L^dag)^-1 = |L^-1|^2: half of potri
+    trace = (inverse.real**2 + inverse.imag**2).sum(dim=(-2, -1))
     return 0.25 * n_flavors * 2.0 * mass * trace / lattice.volume
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import scipy.linalg
 
+from slmc_hpc.core.memo import ConfigurationMemo
 from slmc_hpc.systems.double_exchange.physics import DoubleExchange
 
 #: Memory kept for diagonalisations that exact HMC asks for again (per evaluator).
@@ -25,11 +24,12 @@ class DenseEvaluator:
 
     def __init__(self, model: DoubleExchange, forces: bool = False):
         self.model, self.forces = model, forces
-        self._kept: OrderedDict[bytes, tuple[float, np.ndarray, np.ndarray]] = OrderedDict()
-        entry = 8 * model.n_sites * (3 + 3 + 2)  # key, gradient, eigenvalues
-        self._capacity = max(64, FORCE_CACHE_BYTES // entry)
-        #: diagonalisations with eigenvectors done (cache hits not counted)
-        self.eigh_count = 0
+        self._kept = ConfigurationMemo(FORCE_CACHE_BYTES)
+
+    @property
+    def eigh_count(self) -> int:
+        """Diagonalisations with eigenvectors done (kept results not counted)."""
+        return self._kept.computed
 
     def omega(self, spins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.forces:
@@ -40,20 +40,12 @@ class DenseEvaluator:
 
     def omega_and_gradient(self, spins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(Ω [B], eigenvalues [B, 2N], ∂Ω/∂S [B, N, 3]), one `eigh` per configuration not diagonalised lately."""
-        spins = np.ascontiguousarray(spins, dtype=np.float64)
-        keys = [config.tobytes() for config in spins]
-        missing = [b for b, key in enumerate(keys) if key not in self._kept]
-        if missing:
-            omega, eigenvalues, gradient = self._diagonalise(spins[missing])
-            for j, b in enumerate(missing):
-                self._kept[keys[b]] = (omega[j], eigenvalues[j], gradient[j])
-        rows = []
-        for key in keys:
-            self._kept.move_to_end(key)
-            rows.append(self._kept[key])
-        while len(self._kept) > self._capacity:
-            self._kept.popitem(last=False)
-        omega, eigenvalues, gradient = zip(*rows, strict=True)
+        spins = np.asarray(spins, dtype=np.float64)
+
+        def diagonalise(indices: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
+            return list(zip(*self._diagonalise(spins[indices]), strict=True))
+
+        omega, eigenvalues, gradient = zip(*self._kept.results(spins, diagonalise), strict=True)
         return np.array(omega), np.stack(eigenvalues), np.stack(gradient)
 
     def _diagonalise(self, spins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +60,6 @@ class DenseEvaluator:
         vectors = np.empty_like(matrices)
         for b, matrix in enumerate(matrices):
             eigenvalues[b], vectors[b] = scipy.linalg.eigh(matrix, driver="evr", overwrite_a=True, check_finite=False)
-        self.eigh_count += len(matrices)
         occupation = self.model.fermi(eigenvalues)[..., None, :]  # [B, 1, 2N]
         up, down = vectors[..., 0::2, :], vectors[..., 1::2, :]  # [B, N, 2N]: amplitudes on site i
         mixed = (up.conj() * down * occupation).sum(axis=-1)
