@@ -69,7 +69,8 @@ class DenseAction(GaugeAction):
         """The lower Cholesky factor of M_ee per chain [B, 2 Ve, 2 Ve], computed for configurations not kept."""
 
         def factorise(indices: np.ndarray) -> list[torch.Tensor]:
-            return list(staggered.mee_cholesky(links[torch.from_numpy(indices)], self.lattice, self.mass))
+            factors = staggered.mee_cholesky(links[torch.from_numpy(indices)], self.lattice, self.mass)
+            return [factor.clone() for factor in factors]  # each its own memory: a view would keep the batch
 
         return torch.stack(self._factors.results(links.detach().numpy(), factorise))
 
