@@ -16,7 +16,8 @@ from slmc_hpc.systems.double_exchange.samplers.slmc import inner_mode
 #: 4 sweeps decorrelate the proposals from the chain they start from; sub-chains of N/2 moves.
 TRAINING_INNER_SWEEPS = 4
 #: Exact HMC with `trajectory_length: auto`, and the first step size `md_steps: auto` tries. Length 1.5 measured
-#: best at L = 12 (ESS/s of ms 1.8x length 1 and 1.2x length 2, md_steps for acceptance 0.8; L = 8 prefers 1, 0.8x).
+#: best at L = 12 and 16 (`make bench-scale`, md_steps for acceptance 0.8: ESS/s of ms 1.9x and 1.2x length 1,
+#: 1.3x length 2 at both); at L = 8 length 1 is 1.4x better.
 HMC_TRAJECTORY_LENGTH, HMC_FIRST_STEP = 1.5, 0.2
 #: Samplers that train an effective model (their training rounds are SLMC rounds, whatever production runs).
 SELF_LEARNING = ("slmc", "slhmc")
