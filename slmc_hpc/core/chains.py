@@ -68,14 +68,15 @@ class Proposal:
     """An update's proposal: x' [B, ...], the log-correction c [B] and the uniforms of the test [B].
 
     The uniforms are drawn by the update, from each chain's stream, in the update's documented order.
-    `action_before`: the current configurations' action where the update changed it (pseudofermions
-    drawn for this step); otherwise the state's. `extras`, `samples` and `timings` go into the StepInfo.
+    `before`: the current configurations' exact evaluation where the update changed their action
+    (pseudofermions drawn for this step); otherwise the state's action is used. `extras`, `samples` and
+    `timings` go into the StepInfo.
     """
 
     config: np.ndarray
     correction: np.ndarray
     uniforms: np.ndarray
-    action_before: np.ndarray | None = None
+    before: Evaluation | None = None
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     samples: dict[str, np.ndarray] = field(default_factory=dict)
@@ -102,6 +103,9 @@ class OuterChain:
 
     With `record_dh`, the step records dH = (S(x') - S(x)) - c, the change of the MD Hamiltonian
     (for a trajectory, c = -ΔK), whose ⟨exp(-dH)⟩ = 1 is the check every HMC code owes.
+    Where the update re-evaluated the current configurations (`Proposal.before`), they are training data
+    too: `StepInfo.proposed` holds them first, then the proposals (a trajectory's two ends under its one
+    pseudofermion field).
     """
 
     def __init__(self, action: ExactAction, update: Update, record_dh: bool = False):
@@ -112,18 +116,22 @@ class OuterChain:
         started = time.perf_counter()
         evaluation = self.action.evaluate(proposal.config)
         exact = time.perf_counter() - started
-        before = state.action if proposal.action_before is None else proposal.action_before
+        before = state.action if proposal.before is None else proposal.before.action
         accepted = exact_test(evaluation.action, before, proposal.correction, proposal.uniforms)
         samples = dict(proposal.samples)
         if self.record_dh:
             samples["dH"] = (evaluation.action - before) - proposal.correction
+        proposed, targets = proposal.config, np.asarray(evaluation.target, dtype=np.float64)
+        if proposal.before is not None:
+            proposed = np.concatenate([state.config, proposed])
+            targets = np.concatenate([np.asarray(proposal.before.target, dtype=np.float64), targets])
         state.take(accepted, proposal.config, evaluation)
-        if proposal.action_before is not None:  # the kept configurations' action under this step's fields
-            state.action[~accepted] = proposal.action_before[~accepted]
+        if proposal.before is not None:  # the kept configurations' action under this step's fields
+            state.action[~accepted] = proposal.before.action[~accepted]
         return StepInfo(
             accepted=accepted.astype(np.float64),
-            proposed=proposal.config,
-            proposed_target=np.asarray(evaluation.target, dtype=np.float64),
+            proposed=proposed,
+            proposed_target=targets,
             timings={**proposal.timings, "exact": proposal.timings.get("exact", 0.0) + exact},
             extras=proposal.extras,
             samples=samples,

@@ -18,6 +18,7 @@ import numpy as np
 
 from slmc_hpc.core.chains import ChainState, Proposal
 from slmc_hpc.core.integrators import integrate
+from slmc_hpc.core.protocols import Evaluation
 
 
 class Dynamics(Protocol):
@@ -47,7 +48,7 @@ class HMCUpdate:
     """One trajectory of `n_steps` steps of length `trajectory_length / n_steps` per chain.
 
     `force(field)` is the MD force in the dynamics' representation. `refresh(state)`, where given, runs
-    after the momenta are drawn and returns the current configurations' action under what it drew
+    after the momenta are drawn and returns the current configurations' evaluation under what it drew
     (pseudofermions held fixed through the trajectory and the test); otherwise the state's action is used.
     Random numbers per chain, in this order: the momenta, what `refresh` draws, the outer test's uniform.
     `diagnostics()` gives per-chain values of the force's own to record with the step (CG iterations).
@@ -60,7 +61,7 @@ class HMCUpdate:
         integrator: str,
         n_steps: int,
         trajectory_length: float,
-        refresh: Callable[[ChainState], np.ndarray] | None = None,
+        refresh: Callable[[ChainState], Evaluation] | None = None,
         diagnostics: Callable[[], dict[str, np.ndarray]] | None = None,
     ):
         self.dynamics, self.force, self.integrator = dynamics, force, integrator
@@ -75,7 +76,7 @@ class HMCUpdate:
         d = self.dynamics
         field = d.field(state.config)
         momenta = d.draw_momenta(state.rngs, field)
-        action_before = self.refresh(state) if self.refresh is not None else None
+        before = self.refresh(state) if self.refresh is not None else None
         uniforms = np.array([rng.random() for rng in state.rngs])
         started = time.perf_counter()
         kinetic_before = d.kinetic(momenta)
@@ -95,7 +96,7 @@ class HMCUpdate:
             config=d.configs(field),
             correction=correction,
             uniforms=uniforms,
-            action_before=action_before,
+            before=before,
             timings={"inner": time.perf_counter() - started},
             samples=samples,
         )

@@ -515,12 +515,16 @@ class SelfLearning:
         if (~held_out).any():
             self.data.append(configs[~held_out], targets[~held_out])
 
+    def _rows(self, info) -> np.ndarray:
+        """The data rows of a step's exactly evaluated configurations (`LearningPlan.training_rows`)."""
+        return info.proposed if self.plan.training_rows is None else self.plan.training_rows(info)
+
     def warmup(self, state, steps: int) -> float:
         """`steps` exact steps (`LearningPlan.warmup_stepper`), keeping the configuration after every step."""
         stepper, accepted = self.plan.warmup_stepper(), []
         for _ in range(steps):
             info = stepper.step(state)
-            self.add(info.proposed, info.proposed_target)
+            self.add(self._rows(info), info.proposed_target)
             accepted.append(info.accepted)
         return self._global_mean(np.array(accepted)) if steps else float("nan")
 
@@ -553,7 +557,7 @@ class SelfLearning:
         accepted = []
         for _ in range(int(self.config.outer_steps_per_round)):
             info = stepper.step(state)
-            self.add(info.proposed, info.proposed_target)
+            self.add(self._rows(info), info.proposed_target)
             accepted.append(info.accepted)
         acceptance = self._global_mean(np.array(accepted))
         losses = np.zeros(0)

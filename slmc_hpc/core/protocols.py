@@ -217,6 +217,9 @@ class LearningPlan:
     ((target - H_eff)/scale)²; `config_shape` and `dtype` are one configuration's (training data);
     `trivial(effective)` is True while the model proposes configurations
     that carry no weight (they give the first fit only); `refit_proposal` refits a `NestedProposal`.
+    `training_rows(info)` turns a step's exactly evaluated configurations into data rows of `config_shape`
+    (None: the configurations themselves); a target that depends on more than the configuration (the gauge
+    theory's pseudofermion action depends on the trajectory's phi) needs that more in its row.
     """
 
     round_stepper: Callable[[EffectiveModel], Stepper]
@@ -225,6 +228,7 @@ class LearningPlan:
     dtype: Any = np.float64
     warmup_stepper: Callable[[], Stepper] | None = None
     trivial: Callable[[EffectiveModel], bool] = lambda effective: False
+    training_rows: Callable[[StepInfo], np.ndarray] | None = None
 
 
 @dataclass

@@ -115,7 +115,7 @@ class PseudofermionAction(GaugeAction):
         self.phi: torch.Tensor | None = None
         self._iterations: list[torch.Tensor] = []
 
-    def refresh(self, state: ChainState) -> np.ndarray:
+    def refresh(self, state: ChainState) -> Evaluation:
         """Draw phi = (D^dag eta)_e with the true operator (eta from each chain's stream); S of the current links.
 
         A trajectory starts here, so the CG count starts again (it must not depend on what ran before a restart).
@@ -123,7 +123,7 @@ class PseudofermionAction(GaugeAction):
         self._iterations = []
         if self.n_flavors:
             self.phi = staggered.draw_pseudofermion(as_links(state.config), self.lattice, self.mass, state.rngs)
-        return self.evaluate(state.config).action
+        return self.evaluate(state.config)
 
     def evaluate(self, links) -> Evaluation:
         """S under the pseudofermions of the current trajectory (before the first one: the gauge part alone,

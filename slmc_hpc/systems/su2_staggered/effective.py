@@ -11,6 +11,9 @@ worst and a linear solve fits best:
   m_eff = `effective.mass`. They start at (c_0, c_g, c_f) = (0, 1, 1) with the identity network (every rho 0):
   the seeds' untrained SLHMC. The rhos are trained by the framework's gradient steps (`Trainable`), the read-out
   is refitted after each round. With n_layers 0 and m_eff = m the MD force is the exact action's, bit for bit.
+  With `cg`, training data are (links, phi) rows (`pseudofermion_rows`) whose targets are the true
+  S_g + phi^dag M_ee^-1 phi under that phi: S_eff is fitted in the form the MD integrates and the test compares
+  with, so the read-out and the rhos learn phi^dag M^-1 phi's fluctuations, which a fit on log det cannot see.
 
 The force through the network is the chain rule done once: the analytic fermion force F at the smeared links
 (the exact evaluators' own functions) becomes torch's gradient G = 2 (F.T) U_NN there (any G with
@@ -50,6 +53,21 @@ CHUNK = 32
 
 def as_tensor(links) -> torch.Tensor:
     return links if isinstance(links, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(links))
+
+
+def pseudofermion_rows(links, phi: torch.Tensor) -> np.ndarray:
+    """Training rows of the `cg` evaluator: each configuration's links and its trajectory's phi, one complex row
+    [B, 16 V + 2 Ve] (the target phi^dag M_ee^-1 phi depends on both, and S_eff is evaluated under the same phi)."""
+    links = np.ascontiguousarray(links)
+    flat = [links.reshape(links.shape[0], -1), phi.detach().numpy().reshape(links.shape[0], -1)]
+    return np.concatenate(flat, axis=1)
+
+
+def split_rows(rows: torch.Tensor, lattice: Lattice4D) -> tuple[torch.Tensor, torch.Tensor]:
+    """(links [B, 4, V, 2, 2], phi [B, Ve, 2]) of `pseudofermion_rows`."""
+    n_links = 16 * lattice.volume
+    batch = rows.shape[0]
+    return rows[:, :n_links].reshape(batch, 4, lattice.volume, 2, 2), rows[:, n_links:].reshape(batch, -1, 2)
 
 
 def _chunks(configs):
@@ -130,7 +148,8 @@ class LoopAction:
 
 
 class _SmearedEnergy(nn.Module):
-    """The torch module the trainer differentiates: c_0 + c_g S_g[U] + c_f S_f[U_NN[U]; m_eff] (dense log det)."""
+    """The torch module the trainer differentiates: c_0 + c_g S_g[U] + c_f S_f[U_NN[U]; m_eff], of link fields
+    (S_f the dense log det) or of `pseudofermion_rows` (S_f = phi^dag M_ee^-1 phi under the row's phi)."""
 
     def __init__(self, owner: SmearedAction, network: nn.Module):
         super().__init__()
@@ -139,9 +158,10 @@ class _SmearedEnergy(nn.Module):
         self.weights = nn.Parameter(torch.ones(2, dtype=RDTYPE), requires_grad=False)
         self._owner = [owner]  # not a submodule
 
-    def forward(self, links: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         owner = self._owner[0]
-        fermion = owner.fermion_action(self.network(links))
+        links, phi = owner.split(inputs)
+        fermion = owner.fermion_action(self.network(links), phi)
         return self.offset + self.weights[0] * owner.gauge_action(links) + self.weights[1] * fermion
 
 
@@ -166,11 +186,20 @@ class SmearedAction:
     def gauge_action(self, links: torch.Tensor) -> torch.Tensor:
         return gauge.gauge_action(links, self.lattice, self.beta)
 
-    def fermion_action(self, smeared: torch.Tensor) -> torch.Tensor:
-        """-(Nf/4) log det M_ee at the smeared links and m_eff (zero without flavours)."""
+    def fermion_action(self, smeared: torch.Tensor, phi: torch.Tensor | None = None) -> torch.Tensor:
+        """At the smeared links and m_eff: -(Nf/4) log det M_ee, or phi^dag M_ee^-1 phi given the trajectory's phi
+        (by CG, differentiable in the links: `staggered.pseudofermion_action_adjoint`); zero without flavours."""
         if not self.n_flavors:
             return torch.zeros(smeared.shape[0], dtype=RDTYPE)
+        if phi is not None:
+            return staggered.pseudofermion_action_adjoint(smeared, self.lattice, self.mass, phi)[0]
         return staggered.fermion_action_dense(smeared, self.lattice, self.mass, self.n_flavors)
+
+    def split(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(links, phi) of `pseudofermion_rows` (2-d), or (links, None) of link fields."""
+        if inputs.dim() == 2:
+            return split_rows(inputs, self.lattice)
+        return inputs, None
 
     def smear(self, links: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -181,12 +210,14 @@ class SmearedAction:
 
     # -- energy and read-out ----------------------------------------------------------------------
     def features(self, configs) -> np.ndarray:
-        """[1, S_g[U], S_f[U_NN[U]; m_eff]] per configuration, [B, 3] (in chunks: a dense M_ee per row)."""
+        """[1, S_g[U], S_f[U_NN[U]; m_eff]] per link field or `pseudofermion_rows` row, [B, 3] (in chunks: a dense
+        M_ee per row)."""
         parts = []
         with torch.no_grad():
-            for links in _chunks(configs):
+            for chunk in _chunks(configs):
+                links, phi = self.split(chunk)
                 gauge_part = self.gauge_action(links)
-                fermion = self.fermion_action(self.module.network(links))
+                fermion = self.fermion_action(self.module.network(links), phi)
                 parts.append(torch.stack([torch.ones_like(gauge_part), gauge_part, fermion], dim=1).numpy())
         return np.concatenate(parts) if parts else np.zeros((0, self.n_readout))
 

@@ -143,12 +143,14 @@ EVALUATOR_OPTIONS = {
 
 
 def check(cfg) -> None:
-    if cfg.sampler.kind == "slhmc" and cfg.evaluator.kind == "cg" and cfg.effective.load is None:
+    slhmc_with_pseudofermions = cfg.sampler.kind == "slhmc" and cfg.evaluator.kind == "cg" and cfg.model.n_flavors
+    trains_on_pseudofermions = slhmc_with_pseudofermions and cfg.effective.load is None
+    if trains_on_pseudofermions and cfg.effective.kind == "loops":
         raise ConfigError(
-            "effective.load: self-learning HMC with evaluator.kind cg needs a trained model: the training targets "
-            "are the exact action, which only the dense log det gives (a pseudofermion action is a noisy one). "
-            "Train it with evaluator.kind: dense (at 4^4 if the job is larger: the parameters are per loop class "
-            "and layer) and name that run's run.h5 here"
+            "effective.load: effective.kind loops has no fermion, so it cannot learn the pseudofermion action "
+            "phi^dag M^-1 phi that evaluator.kind cg tests with (its targets change with every trajectory's phi). "
+            "Train loops with evaluator.kind: dense (the exact log det) and name that run's run.h5 here, or use "
+            "effective.kind stout or cask"
         )
     if cfg.evaluator.kind == "cg" and cfg.model.n_flavors == 2:
         raise ConfigError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from slmc_hpc.core.chains import ChainState, OuterChain
 from slmc_hpc.core.hmc import TRAJECTORIES_PER_ROUND, HMCUpdate, tune_md_steps
@@ -19,7 +20,7 @@ from slmc_hpc.core.protocols import EffectiveModel, LearningPlan, Stepper, Tuned
 from slmc_hpc.errors import InputError
 from slmc_hpc.systems.su2_staggered import gauge
 from slmc_hpc.systems.su2_staggered.actions import DenseAction, PseudofermionAction, as_links
-from slmc_hpc.systems.su2_staggered.effective import LinkForce
+from slmc_hpc.systems.su2_staggered.effective import LinkForce, pseudofermion_rows
 from slmc_hpc.systems.su2_staggered.lattice import Lattice4D
 from slmc_hpc.systems.su2_staggered.links import haar_links, identity_links
 from slmc_hpc.systems.su2_staggered.md import FIRST_STEP, LinkDynamics
@@ -124,16 +125,26 @@ class GaugeSimulation:
 
     def learning(self) -> LearningPlan:
         """Self-learning for the gauge theory: exact HMC as warm-up, SLHMC rounds under the current model, the
-        seeds' loss (S_eff - S)^2 / (2V) (a scale of sqrt(2V)); data are the link fields (complex)."""
+        seeds' loss (S_eff - S)^2 / (2V) (a scale of sqrt(2V)); data are the link fields (complex), with `cg` each
+        with its trajectory's pseudofermion (`effective.pseudofermion_rows`)."""
         if self.effective is None:
             raise TypeError("exact HMC trains no effective action")
-        md_steps, volume = self.first_md_steps(), self.lattice.volume
+        md_steps, volume, action = self.first_md_steps(), self.lattice.volume, self.action
+        config_shape, training_rows = (4, volume, 2, 2), None
+        if isinstance(action, PseudofermionAction) and action.n_flavors:
+            config_shape = (16 * volume + 2 * self.lattice.half_volume,)
+
+            def training_rows(info) -> np.ndarray:
+                """A trajectory's start and end, each with the trajectory's phi (still held after its test)."""
+                return pseudofermion_rows(info.proposed, torch.cat([action.phi, action.phi]))
+
         return LearningPlan(
             round_stepper=lambda effective: self.hmc(md_steps, effective),
             loss_scale=math.sqrt(2.0 * volume),
-            config_shape=(4, volume, 2, 2),
+            config_shape=config_shape,
             dtype=np.complex128,
             warmup_stepper=lambda: self.hmc(md_steps),
+            training_rows=training_rows,
         )
 
     def tune(self, state: ChainState, comm) -> Tuned:

@@ -375,6 +375,18 @@ def pseudofermion_action(
     return _vdot(phi, x).real, iters
 
 
+def pseudofermion_action_adjoint(
+    links: torch.Tensor, lattice: Lattice4D, mass: float, phi: torch.Tensor, tol: float = 1e-10, max_iter: int = 10_000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """S_f = phi^dag M_ee^-1 phi per chain [B] as an expression autograd differentiates in the links (a network's
+    output): 2 Re phi^dag X - X^dag M_ee X with X = M_ee^-1 phi by CG, taken as a constant. At the solution it is
+    phi^dag X (to second order in CG's residual) and its first variation is -X^dag dM_ee X, the pseudofermion force,
+    so one CG solve gives both and no gradient flows through CG's iterations. Returns (S_f, CG iterations)."""
+    with torch.no_grad():
+        x, iters = solve_mee(links.detach(), lattice, mass, phi, tol, max_iter)
+    return 2.0 * _vdot(phi, x).real - _vdot(x, apply_mee(links, lattice, mass, x)).real, iters
+
+
 def pseudofermion_force(
     links: torch.Tensor, lattice: Lattice4D, mass: float, phi: torch.Tensor, tol: float = 1e-10, max_iter: int = 10_000
 ) -> tuple[torch.Tensor, torch.Tensor]:
