@@ -20,13 +20,13 @@ exact row, its trajectories at the measured time each). The self-learning recipe
 
 - `dense`: `loops` (its MD needs no fermion at all: one Cholesky per trajectory, for the test), least squares on
   the exact log det of the training trajectories' configurations.
-- `cg`: one stout layer at m_eff = 0.4 (its MD solves at the heavier mass), trained with the dense log det (the
-  only exact target).
+- `cg`: one stout layer at m_eff = 0.4 (its MD solves at the heavier mass), trained with `cg`: on the pseudofermion
+  action S_g + phi^dag M^-1 phi at both ends of each training trajectory, under that trajectory's phi, which is the
+  form its MD integrates and its test compares with.
 
 Both are trained once at 4^4 (exact-HMC warm-up, then SLHMC rounds) and loaded frozen at every size
 (`effective.load`); the training's seconds count at every size. Not fine-tuned at the larger size: training starts
-from the run's cold start, so a few rounds there would fit links far from equilibrium, and with `cg` it would need
-dense forces at 8^4.
+from the run's cold start, so a few rounds there would fit links far from equilibrium.
 
     .venv/bin/python tools/bench_gauge.py                          # 4^4, 6^4, 8^4 (about 35 min on 2 cores)
     .venv/bin/python tools/bench_gauge.py --slhmc --json out.json  # with SLHMC (over an hour)
@@ -254,14 +254,14 @@ def tune_trajectories(run_dir: Path) -> int:
 
 
 def slhmc_rows(args, workdir: Path) -> list[dict]:
-    """SLHMC per evaluator: trained at TRAIN_SIZE (dense log det), carried to every size (module docstring)."""
+    """SLHMC per evaluator: trained at TRAIN_SIZE with that evaluator, carried to every size (module docstring)."""
     rows = []
     for evaluator in args.evaluators:
         effective = EFFECTIVE[evaluator]
         name = effective["kind"] + (f" {effective['n_layers']} layer" if "n_layers" in effective else "")
         trained = workdir / f"train_{evaluator}_{effective['kind']}"
         plan = SLHMC_PLANS[TRAIN_SIZE]
-        settings = slhmc_job(TRAIN_SIZE, "dense", (plan[0], 0, 1), args.seed, dict(effective), TRAINING)
+        settings = slhmc_job(TRAIN_SIZE, evaluator, (plan[0], 0, 1), args.seed, dict(effective), TRAINING)
         settings["sampler"]["md_steps"] = TRAINING_MD_STEPS  # what `auto` trains with; no tuning for 1 measurement
         run_job(settings, trained, args.ranks)
         trained_s = summarize(trained, args.ranks, analyse=False)["train_s"]

@@ -11,11 +11,12 @@ every row starts from those links. Rows:
 
 Each self-learning row is trained with the framework's own loop (`core.learning.SelfLearning`: exact-HMC
 warm-up, SLHMC rounds under the current model, AdamW on the seeds' loss (S_eff - S)^2 / (2V) with held-out
-validation and a cosine schedule, the read-out by least squares), with the dense log det as the target; then it
-is frozen. Production runs every row on the same trajectory (length 1, 20 leapfrog steps, as the seeds' table)
-with both evaluators: `dense` (the test with the exact log det) and `cg` (the pseudofermion drawn with the true
-operator and held fixed through the MD and the test). With `--tuned`, also on its own trajectory (Omelyan, md_steps
-chosen for acceptance 0.8).
+validation and a cosine schedule, the read-out by least squares) with the evaluator it then runs with: `dense` on
+the exact log det, `cg` on the pseudofermion action under each trajectory's phi; then it is frozen. Production
+runs every row on the same trajectory (length 1, 20 leapfrog steps, as the seeds' table) with both evaluators:
+`dense` (the test with the exact log det) and `cg` (the pseudofermion drawn with the true operator and held fixed
+through the MD and the test; not for `loops`, which has no fermion to follow it with). With `--tuned`, also on its
+own trajectory (Omelyan, md_steps chosen for acceptance 0.8).
 
 Columns: parameters, training and test loss (per 2V), acceptance, <exp(-dH)>, seconds per trajectory per chain,
 CG iterations per trajectory (cg: every solve of the MD, the refresh and the test), ESS/s of plaquette and pbp in
@@ -70,7 +71,7 @@ def job(row: str, evaluator: str, chains: int, seed: int) -> dict:
         layers = 0 if row == "untrained" else int(row[-1]) if row[-1].isdigit() else 0
         loops = ["plaquette", "rectangle", "chair", "polyakov"] if kind == "loops" else ["plaquette", "rectangle"]
         settings["effective"] = {"kind": kind, "n_layers": layers, "loops": loops, "mass": 0.4}
-        if evaluator == "dense":
+        if evaluator == "dense" or kind != "loops":  # loops trains on the exact log det only
             settings["sampler"]["kind"] = "slhmc"
     return settings
 
@@ -116,6 +117,29 @@ def solves_per_trajectory(row: str, md_steps: int, integrator: str) -> int:
     return 2 + (0 if row == "loops" else forces)
 
 
+def train(row: str, evaluator: str, state: ChainState, args) -> tuple:
+    """The row's effective action trained with `evaluator` from the thermalised chains by the framework's loop:
+    (effective or None, (train loss, test loss), seconds, the chains after training)."""
+    trained_state = copy_state(state)
+    train_seconds, losses, effective = 0.0, (float("nan"), float("nan")), None
+    if row != "hmc":
+        sim = simulation(job(row, evaluator, args.chains, args.seed))
+        effective = sim.effective
+        started = time.perf_counter()
+        if row != "untrained":
+            trained_state = initial_state(sim.action, trained_state.config, trained_state.rngs, trained_state.chains)
+            learner = SelfLearning(effective, sim.learning(), sim.config.training, seed=args.seed)
+            learner.warmup(trained_state, int(TRAINING["warmup_sweeps"]))
+            learner.fit_initial()
+            result = None
+            for _ in range(int(TRAINING["rounds"])):
+                result = learner.run_round(trained_state)
+            losses = (result.data_loss, result.validation_loss)
+            print(f"# {row} trained with {evaluator} in {time.perf_counter() - started:.0f} s", flush=True)
+        train_seconds = time.perf_counter() - started
+    return effective, losses, train_seconds, trained_state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
@@ -145,25 +169,17 @@ def main() -> None:
         flush=True,
     )
 
-    rows = []
+    rows, trained = [], {}
     for row in args.rows:
-        trained_state = copy_state(state)
-        train_seconds, losses, effective = 0.0, (float("nan"), float("nan")), None
-        if row != "hmc":
-            sim = simulation(job(row, "dense", args.chains, args.seed))
-            effective = sim.effective
-            started = time.perf_counter()
-            if row != "untrained":
-                learner = SelfLearning(effective, sim.learning(), sim.config.training, seed=args.seed)
-                learner.warmup(trained_state, int(TRAINING["warmup_sweeps"]))
-                learner.fit_initial()
-                result = None
-                for _ in range(int(TRAINING["rounds"])):
-                    result = learner.run_round(trained_state)
-                losses = (result.data_loss, result.validation_loss)
-            train_seconds = time.perf_counter() - started
-        n_parameters = 0 if effective is None else int(effective.n_parameters())
         for evaluator in args.evaluators:
+            # stout and cask train with the evaluator they run with (cg: on the pseudofermion action under each
+            # trajectory's phi); loops has no fermion to follow phi^dag M^-1 phi with (cg never accepts it)
+            if row == "loops" and evaluator == "cg":
+                continue
+            if (row, evaluator) not in trained:
+                trained[row, evaluator] = train(row, evaluator, state, args)
+            effective, losses, train_seconds, trained_state = trained[row, evaluator]
+            n_parameters = 0 if effective is None else int(effective.n_parameters())
             sim = simulation(job("hmc", evaluator, args.chains, args.seed))
             for trajectory in ("fixed", "tuned") if args.tuned else ("fixed",):
                 chains = copy_state(trained_state)
@@ -243,11 +259,15 @@ def plot_losses(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    targets = {"dense": "on log det", "cg": r"on $\phi^\dagger M^{-1}\phi$"}
     for kind, marker in (("stout", "o"), ("cask", "s")):
-        points = sorted({(r["parameters"], r["test_loss"]) for r in rows if r["row"].startswith(kind)})
-        if points:
-            ax.plot(*zip(*points, strict=True), marker=marker, label=kind)
+        for evaluator, style in (("dense", "-"), ("cg", "--")):
+            chosen = [r for r in rows if r["row"].startswith(kind) and r["evaluator"] == evaluator]
+            points = sorted({(r["parameters"], r["test_loss"]) for r in chosen})
+            if points:
+                label = f"{kind}, trained {targets[evaluator]} ({evaluator})"
+                ax.plot(*zip(*points, strict=True), marker=marker, linestyle=style, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("trainable parameters (network + read-out)")
