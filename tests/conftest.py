@@ -37,7 +37,14 @@ def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, cw
 #: Files collected first, longest first: those whose tests wait on wall-clock timers (PBS's walltime, signals
 #: at phases), then the longest by CPU, so that `make test`'s two workers (`-n 2 --dist loadfile`) fill those
 #: waits with other files and do not end on one long file alone.
-LONG_FIRST = ("test_jobs.py", "test_restart.py", "test_su2_run.py", "test_su2_slhmc.py", "test_su2_hmc.py")
+LONG_FIRST = (
+    "test_jobs.py",
+    "test_restart.py",
+    "test_su2_run.py",
+    "test_su2_slhmc.py",
+    "test_su2_slhmc_exactness.py",
+    "test_su2_hmc.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,27 +3,22 @@
 The checks every HMC code owes, for the effective actions' MD: the force is a finite difference of S_eff (both
 evaluators' fermion parts), a trajectory is reversible, and S_eff is gauge invariant. SLHMC is one update with
 exact HMC: at m_eff = m with no smearing it is exact HMC bit for bit on the same random numbers, with both
-evaluators. Frozen SLHMC with each kind agrees with exact HMC on plaquette, polyakov and pbp (Nf = 4, and Nf = 2
-with the dense log det). Small lattices, fixed seeds; errors are standard errors of independent chains' means.
+evaluators. Training with cg: data, adjoint gradient. Frozen exactness: `test_su2_slhmc_exactness.py`.
 """
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
 import torch
 
-from slmc_hpc.core.chains import chain_streams, initial_state
-from slmc_hpc.core.learning import fit_readout
 from slmc_hpc.systems.su2_staggered import links as L
 from slmc_hpc.systems.su2_staggered import staggered
 from slmc_hpc.systems.su2_staggered.effective import LoopAction, SmearedAction
 from slmc_hpc.systems.su2_staggered.simulation import EffectiveForce
 from tests.conftest import mpirun
 from tests.test_run import _merge
-from tests.test_su2_hmc import chain_means, chains, forward_and_back, run, simulation
+from tests.test_su2_hmc import chains, forward_and_back, simulation
 from tests.test_su2_run import DESIGN_JOB, write_job
 from tests.test_su2_run import run as run_job
 from tests.test_su2_smearing import direction, lie_fd, randomise, rough_links
@@ -117,71 +112,6 @@ def test_zero_rhos_are_the_identity_network_to_rounding():
     links = rough_links(sim.lattice, 1, 2)
     layered = SmearedAction(sim.lattice, "stout", ALL, 2, 2.7, 0.3, 4)
     assert torch.allclose(layered.link_force(links), sim.action.force(links), rtol=0, atol=1e-12)
-
-
-#: Exactness runs: chains, exact thermalisation, then per method skipped and measured trajectories (leapfrog, 5 steps).
-CHAINS, WARM, SKIP, MEASURED, STEPS = 12, 200, 5, 45, 5
-OBSERVED = ("plaquette", "polyakov", "pbp")
-
-
-def sample(sim, state, effective=None) -> tuple[dict, float]:
-    """Per-chain-means statistics of the observables after SKIP trajectories, and the acceptance."""
-    stepper = sim.hmc(STEPS, effective)
-    run(stepper, state, SKIP)
-    series, accepted = {name: [] for name in OBSERVED}, []
-    for _ in range(MEASURED):
-        accepted.append(stepper.step(state).accepted)
-        for name, values in sim.measure(state).items():
-            series[name].append(values)
-    return {name: chain_means(values) for name, values in series.items()}, float(np.mean(accepted))
-
-
-@pytest.fixture(scope="module")
-def exact_reference():
-    """Per n_flavors: the simulation, thermalised links (exact HMC from a rough start) and exact HMC's results."""
-    cache = {}
-
-    def get(n_flavors: int):
-        if n_flavors not in cache:
-            sim = simulation(SHAPE, n_flavors=n_flavors, integrator="leapfrog")
-            warm = chains(sim, CHAINS, seed=21)
-            run(sim.hmc(STEPS), warm, WARM)
-            state = initial_state(sim.action, warm.config.copy(), chain_streams(22, range(CHAINS)), range(CHAINS))
-            cache[n_flavors] = (sim, warm, sample(sim, state))
-        return cache[n_flavors]
-
-    return get
-
-
-EXACTNESS_CASES = [
-    ("loops", 4, "dense"),
-    ("stout", 4, "dense"),
-    ("cask", 4, "dense"),
-    ("stout", 2, "dense"),
-    ("stout", 4, "cg"),
-]
-
-
-@pytest.mark.parametrize("kind, n_flavors, evaluator", EXACTNESS_CASES)
-def test_frozen_slhmc_agrees_with_exact_hmc(kind, n_flavors, evaluator, exact_reference):
-    """plaquette, polyakov and pbp of frozen SLHMC against exact HMC (dense) within 3 combined standard errors, both
-    from the same thermalised links with their own random numbers; with cg the SLHMC's MD runs on the pseudofermion
-    form of S_eff and its test on the true pseudofermion action. The read-out is fitted by least squares to exact
-    HMC configurations, the rhos are drawn (exactness holds for any frozen S_eff)."""
-    sim, warm, (reference, exact_acceptance) = exact_reference(n_flavors)
-    model = effective_action(kind, sim.lattice, n_layers=1 if kind == "cask" else 2, n_flavors=n_flavors)
-    infos = run(sim.hmc(STEPS), copy.deepcopy(warm), 4)
-    configs = np.concatenate([info.proposed for info in infos])
-    fit_readout(model, model.features(configs), np.concatenate([info.proposed_target for info in infos]))
-    sampler = sim if evaluator == "dense" else simulation(SHAPE, evaluator=evaluator, integrator="leapfrog")
-    state = initial_state(sampler.action, warm.config.copy(), chain_streams(23, range(CHAINS)), range(CHAINS))
-    results, acceptance = sample(sampler, state, model)
-    print(f"{kind} Nf = {n_flavors} {evaluator}: acceptance hmc {exact_acceptance:.2f}, slhmc {acceptance:.2f}")
-    assert acceptance > 0.1, "a fitted model should be accepted often (loops 0.2-0.3 here, the networks 0.75)"
-    for name in OBSERVED:
-        (a, ea), (b, eb) = reference[name], results[name]
-        print(f"  {name}: hmc {a:.4f} ± {ea:.4f}, slhmc {b:.4f} ± {eb:.4f}, z = {(a - b) / np.hypot(ea, eb):+.2f}")
-        assert abs(a - b) < 3 * np.hypot(ea, eb), name
 
 
 # ----------------------------------------------------------------------------------------------- whole runs
