@@ -71,8 +71,7 @@ def job(row: str, evaluator: str, chains: int, seed: int) -> dict:
         layers = 0 if row == "untrained" else int(row[-1]) if row[-1].isdigit() else 0
         loops = ["plaquette", "rectangle", "chair", "polyakov"] if kind == "loops" else ["plaquette", "rectangle"]
         settings["effective"] = {"kind": kind, "n_layers": layers, "loops": loops, "mass": 0.4}
-        if evaluator == "dense" or kind != "loops":  # loops trains on the exact log det only
-            settings["sampler"]["kind"] = "slhmc"
+        settings["sampler"]["kind"] = "slhmc"
     return settings
 
 

@@ -71,7 +71,7 @@ def split_rows(rows: torch.Tensor, lattice: Lattice4D) -> tuple[torch.Tensor, to
 
 
 def _chunks(configs):
-    """Link fields in row chunks of CHUNK (a row's result does not depend on its chunk)."""
+    """Link fields or `pseudofermion_rows` in row chunks of CHUNK (a row's result does not depend on its chunk)."""
     links = as_tensor(configs)
     return [links[start : start + CHUNK] for start in range(0, links.shape[0], CHUNK)]
 
