@@ -34,10 +34,11 @@ def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, cw
     return proc
 
 
-#: Files collected first, longest first: those whose tests wait on wall-clock timers (PBS's walltime, signals
-#: at phases), then the longest by CPU, so that `make test`'s two workers (`-n 2 --dist loadfile`) fill those
-#: waits with other files and do not end on one long file alone.
+#: Files collected first, longest first (after the first user of the shared session data): those whose tests
+#: wait on wall-clock timers (PBS's walltime, signals at phases), then the longest by CPU, so that `make test`'s
+#: two workers (`-n 2 --dist loadfile`) fill those waits with other files and do not end on one long file alone.
 LONG_FIRST = (
+    "test_size_transfer.py",  # computes `exact_local_mc` early; test_spin_hmc.py reads it later, not alongside
     "test_jobs.py",
     "test_restart.py",
     "test_su2_run.py",
@@ -58,22 +59,45 @@ def run_mpi():
 
 
 @pytest.fixture(scope="session")
-def exact_local_mc():
+def exact_local_mc(tmp_path_factory, worker_id):
     """The exact local MC of 4x4 and 6x6 at t = 1, J = 1, μ = 0, T = 0.1 (τ_int(ms) a few sweeps there), for the
     exactness tests of every other sampler: per size, the per-chain means of omega, m, ms, nn and the visited
-    (spins, Ω) of every sweep (data to fit effective models on)."""
+    (spins, Ω) of every sweep (data to fit effective models on). Computed once per `make test`: the two xdist
+    workers share it through a file under their common temporary directory, the first one computes it (pytest-xdist's
+    recipe for session data)."""
+    import pickle
     from types import SimpleNamespace
+
+    from filelock import FileLock
 
     from slmc_hpc.systems.double_exchange.evaluators import SpinAction, make_evaluator
     from slmc_hpc.systems.double_exchange.physics import DoubleExchange
     from slmc_hpc.systems.double_exchange.samplers import ExactLocalSweep, init_chains
     from tests.test_slmc_exactness import sample
 
-    out = {}
-    for size, chains, sweeps in ((4, 24, 150), (6, 12, 90)):
-        model = DoubleExchange(lx=size, ly=size, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.1)
-        action = SpinAction(make_evaluator("dense", model))
-        state = init_chains(action, seed=500 + size, chains=range(chains))
-        means, configs, _ = sample(ExactLocalSweep(action).step, action, state, steps=sweeps, thermalization=30)
-        out[size] = SimpleNamespace(model=model, action=action, means=means, configs=configs)
-    return out
+    runs = {4: (24, 150), 6: (12, 90)}  # size: chains, sweeps
+    models = {size: DoubleExchange(lx=size, ly=size, hoppings={1: 1.0}, J=1.0, mu=0.0, T=0.1) for size in runs}
+    actions = {size: SpinAction(make_evaluator("dense", model)) for size, model in models.items()}
+
+    def compute() -> dict:
+        out = {}
+        for size, (chains, sweeps) in runs.items():
+            state = init_chains(actions[size], seed=500 + size, chains=range(chains))
+            means, configs, _ = sample(ExactLocalSweep(actions[size]).step, actions[size], state, sweeps, 30)
+            out[size] = (means, configs)
+        return out
+
+    if worker_id == "master":  # no xdist: nothing to share (and basetemp's parent outlives the session)
+        data = compute()
+    else:
+        shared = tmp_path_factory.getbasetemp().parent / "exact_local_mc.pickle"  # this session's workers' parent
+        with FileLock(f"{shared}.lock"):
+            if shared.is_file():
+                data = pickle.loads(shared.read_bytes())
+            else:
+                data = compute()
+                shared.write_bytes(pickle.dumps(data))
+    return {
+        size: SimpleNamespace(model=models[size], action=actions[size], means=means, configs=configs)
+        for size, (means, configs) in data.items()
+    }
