@@ -14,7 +14,7 @@ import torch
 
 from slmc_hpc.systems.su2_staggered import links as L
 from slmc_hpc.systems.su2_staggered import staggered
-from slmc_hpc.systems.su2_staggered.effective import LoopAction, SmearedAction
+from slmc_hpc.systems.su2_staggered.effective import LoopAction, SmearedAction, pseudofermion_rows
 from slmc_hpc.systems.su2_staggered.simulation import EffectiveForce
 from tests.conftest import mpirun
 from tests.test_run import _merge
@@ -29,22 +29,32 @@ ALL = ("plaquette", "rectangle", "chair", "polyakov")
 SHAPE = (4, 2, 2, 2)
 
 
-def effective_action(kind: str, lattice, n_layers: int = 2, mass: float = 0.4, n_flavors: int = 4, seed: int = 3):
-    """An effective action with nonzero parameters (rhos drawn; the loops read-out near the Wilson action)."""
+def effective_action(
+    kind: str,
+    lattice,
+    n_layers: int = 2,
+    mass: float = 0.4,
+    n_flavors: int = 4,
+    seed: int = 3,
+    pseudofermions: bool = False,
+):
+    """An effective action with nonzero parameters (rhos drawn; the loops read-out near the Wilson action; with
+    `pseudofermions`, the hopping terms too)."""
     if kind == "loops":
         model = LoopAction(lattice, ALL, 2.7)
         model.set_readout(100.0, np.array([-1.2, 0.05, -0.02, 0.1]))
         return model
-    model = SmearedAction(lattice, kind, ("plaquette", "rectangle"), n_layers, 2.7, mass, n_flavors)
+    model = SmearedAction(lattice, kind, ("plaquette", "rectangle"), n_layers, 2.7, mass, n_flavors, pseudofermions)
     randomise(model.module.network, seed, scale=0.03, lead=0.05)
-    model.set_readout(5.0, np.array([0.95, 1.1]))
+    model.set_readout(5.0, np.array([0.95, 1.1, -0.03, 0.02] if pseudofermions else [0.95, 1.1]))
     return model
 
 
 @pytest.mark.parametrize("kind", ["loops", "stout", "cask"])
 def test_effective_force_is_a_finite_difference_of_the_effective_action(kind):
     """d_a S_eff along a random direction: the force against central differences of S_eff (dense fermion part),
-    and for the networks also the pseudofermion form S_g + phi^dag M_ee[U_NN; m_eff]^-1 phi."""
+    and for the networks also the pseudofermion form S_g + phi^dag M_ee[U_NN; m_eff]^-1 phi, with and without the
+    hopping terms phi^dag phi + |D_oe[U_NN] phi|^2 (S_eff of `pseudofermion_rows`, the form training fits)."""
     sim = simulation(SHAPE)
     model = effective_action(kind, sim.lattice)
     links = rough_links(sim.lattice, 1, 2)
@@ -66,15 +76,20 @@ def test_effective_force_is_a_finite_difference_of_the_effective_action(kind):
     force = (model.link_force(links, phi, iterations.append, tol=1e-13) * p).sum(dim=(1, 2, 3))
     assert torch.allclose(force, lie_fd(pseudofermion_action, links, p), rtol=1e-7, atol=1e-7)
     assert len(iterations) == 1 and (iterations[0] > 0).all()
+    hopping = effective_action(kind, sim.lattice, pseudofermions=True)
+    force = (hopping.link_force(links, phi, tol=1e-13) * p).sum(dim=(1, 2, 3))
+    expected = lie_fd(lambda u: torch.from_numpy(hopping.energy(pseudofermion_rows(u, phi))), links, p)
+    assert torch.allclose(force, expected, rtol=1e-7, atol=1e-7), (force, expected)
 
 
 @pytest.mark.parametrize("kind", ["loops", "stout", "cask"])
 def test_effective_md_is_reversible(kind):
-    """Forward, flip the momenta, back under the effective force (pseudofermions fixed): back to ~1e-11."""
+    """Forward, flip the momenta, back under the effective force (pseudofermions fixed, the networks with their
+    hopping terms): back to ~1e-11."""
     sim = simulation(SHAPE, evaluator="cg")
     state = chains(sim, 2)
     sim.action.refresh(state)
-    force = EffectiveForce(effective_action(kind, sim.lattice), sim.action)
+    force = EffectiveForce(effective_action(kind, sim.lattice, pseudofermions=True), sim.action)
     moved, links_error, momenta_error = forward_and_back(sim, state, force, "omelyan", 5, 0.1)
     assert moved > 0.1
     assert links_error < 1e-10
@@ -209,7 +224,8 @@ def cg_learner(kind: str = "stout"):
 
 def test_cg_training_data_pair_each_configuration_with_its_trajectorys_pseudofermion():
     """With cg every datum is (links, phi) with the target S_g + phi^dag M^-1 phi under that phi (checked against a
-    dense solve), and S_eff of a datum is evaluated under the same phi: c_0 + c_g S_g + c_f phi^dag M_NN^-1 phi."""
+    dense solve), and S_eff of a datum is evaluated under the same phi:
+    c_0 + c_g S_g + c_f phi^dag M_NN^-1 phi + c_n phi^dag phi + c_h |D_oe[U_NN] phi|^2."""
     from slmc_hpc.systems.su2_staggered import gauge
     from slmc_hpc.systems.su2_staggered.effective import split_rows
 
@@ -223,9 +239,12 @@ def test_cg_training_data_pair_each_configuration_with_its_trajectorys_pseudofer
     exact = exact + staggered.pseudofermion_action_dense(links, sim.lattice, 0.3, phi)
     assert np.allclose(targets, exact.numpy(), rtol=1e-10, atol=0)
     model = sim.effective
-    model.set_readout(3.0, np.array([0.9, 1.2]))
-    smeared = staggered.pseudofermion_action_dense(model.smear(links), sim.lattice, 0.4, phi)
-    expected = 3.0 + 0.9 * gauge.gauge_action(links, sim.lattice, 2.7) + 1.2 * smeared
+    model.set_readout(3.0, np.array([0.9, 1.2, -0.1, 0.03]))
+    smeared = model.smear(links)
+    fermion = staggered.pseudofermion_action_dense(smeared, sim.lattice, 0.4, phi)
+    norm = (phi.abs() ** 2).sum(dim=(1, 2))
+    hop = (staggered.dense_deo(smeared, sim.lattice).mH @ phi.reshape(len(phi), -1, 1)).abs().square().sum(dim=(1, 2))
+    expected = 3.0 + 0.9 * gauge.gauge_action(links, sim.lattice, 2.7) + 1.2 * fermion - 0.1 * norm + 0.03 * hop
     assert np.allclose(model.energy(rows), expected.numpy(), rtol=1e-10, atol=0)
 
 

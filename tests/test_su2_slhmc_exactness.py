@@ -16,6 +16,7 @@ import torch
 
 from slmc_hpc.core.chains import chain_streams, initial_state
 from slmc_hpc.core.learning import fit_readout
+from slmc_hpc.systems.su2_staggered.effective import pseudofermion_rows
 from tests.test_su2_hmc import chain_means, chains, run, simulation
 from tests.test_su2_slhmc import SHAPE, effective_action
 
@@ -69,14 +70,27 @@ EXACTNESS_CASES = [
 def test_frozen_slhmc_agrees_with_exact_hmc(kind, n_flavors, evaluator, exact_reference):
     """plaquette, polyakov and pbp of frozen SLHMC against exact HMC (dense) within 3 combined standard errors, both
     from the same thermalised links with their own random numbers; with cg the SLHMC's MD runs on the pseudofermion
-    form of S_eff and its test on the true pseudofermion action. The read-out is fitted by least squares to exact
-    HMC configurations, the rhos are drawn (exactness holds for any frozen S_eff)."""
+    form of S_eff (with its hopping terms) and its test on the true pseudofermion action. The read-out is fitted by
+    least squares to exact HMC configurations (with cg: each with its trajectory's phi), the rhos are drawn
+    (exactness holds for any frozen S_eff)."""
     sim, warm, (reference, exact_acceptance) = exact_reference(n_flavors)
-    model = effective_action(kind, sim.lattice, n_layers=1 if kind == "cask" else 2, n_flavors=n_flavors)
-    infos = run(sim.hmc(STEPS), copy.deepcopy(warm), 4)
-    configs = np.concatenate([info.proposed for info in infos])
-    fit_readout(model, model.features(configs), np.concatenate([info.proposed_target for info in infos]))
+    pseudofermions = evaluator == "cg"
+    layers = 1 if kind == "cask" else 2
+    model = effective_action(kind, sim.lattice, n_layers=layers, n_flavors=n_flavors, pseudofermions=pseudofermions)
     sampler = sim if evaluator == "dense" else simulation(SHAPE, evaluator=evaluator, integrator="leapfrog")
+    if pseudofermions:  # (links, phi) rows of exact trajectories, both ends under the trajectory's phi, as cg trains
+        fit_state = initial_state(sampler.action, warm.config.copy(), chain_streams(24, range(CHAINS)), range(CHAINS))
+        stepper, rows, targets = sampler.hmc(STEPS), [], []
+        for _ in range(4):
+            info = stepper.step(fit_state)
+            rows.append(pseudofermion_rows(info.proposed, torch.cat([sampler.action.phi] * 2)))
+            targets.append(info.proposed_target)
+        configs, targets = np.concatenate(rows), np.concatenate(targets)
+    else:
+        infos = run(sim.hmc(STEPS), copy.deepcopy(warm), 4)
+        configs = np.concatenate([info.proposed for info in infos])
+        targets = np.concatenate([info.proposed_target for info in infos])
+    fit_readout(model, model.features(configs), targets)
     state = initial_state(sampler.action, warm.config.copy(), chain_streams(23, range(CHAINS)), range(CHAINS))
     results, acceptance = sample(sampler, state, model)
     print(f"{kind} Nf = {n_flavors} {evaluator}: acceptance hmc {exact_acceptance:.2f}, slhmc {acceptance:.2f}")
