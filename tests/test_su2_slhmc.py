@@ -203,7 +203,7 @@ def test_adjoint_pseudofermion_action_differentiates_to_the_pseudofermion_force(
     assert torch.allclose(L.trace_generators(L.mm(links, L.dagger(grad))), force, rtol=0, atol=1e-9)
 
 
-def cg_learner(kind: str = "stout"):
+def cg_learner(kind: str = "stout", n_layers: int = 1):
     """A stout SLHMC job with cg on SHAPE, its simulation, chains and the framework's self-learning loop."""
     from slmc_hpc.config import config_from_dict
     from slmc_hpc.core.learning import SelfLearning
@@ -213,7 +213,7 @@ def cg_learner(kind: str = "stout"):
         "model": {"kind": "su2_staggered", "shape": list(SHAPE), "beta": 2.7, "mass": 0.3, "n_flavors": 4},
         "evaluator": {"kind": "cg", "options": {"tol": 1e-12}},
         "sampler": {"kind": "slhmc", "md_steps": 5},
-        "effective": {"kind": kind, "n_layers": 1, "loops": ["plaquette", "rectangle"], "mass": 0.4},
+        "effective": {"kind": kind, "n_layers": n_layers, "loops": ["plaquette", "rectangle"], "mass": 0.4},
         "training": TRAINING,
     }
     sim = GaugeSimulation(config_from_dict(settings))
@@ -246,6 +246,23 @@ def test_cg_training_data_pair_each_configuration_with_its_trajectorys_pseudofer
     hop = (staggered.dense_deo(smeared, sim.lattice).mH @ phi.reshape(len(phi), -1, 1)).abs().square().sum(dim=(1, 2))
     expected = 3.0 + 0.9 * gauge.gauge_action(links, sim.lattice, 2.7) + 1.2 * fermion - 0.1 * norm + 0.03 * hop
     assert np.allclose(model.energy(rows), expected.numpy(), rtol=1e-10, atol=0)
+
+
+def test_a_network_of_no_layers_trains_its_readout_alone():
+    """`effective.n_layers: 0` leaves AdamW nothing to train: the rounds refit the read-out by least squares, the
+    hopping terms included, under each datum's phi."""
+    from slmc_hpc.core.learning import mean_squared_error
+
+    sim, state, learner = cg_learner(n_layers=0)
+    assert learner.trainer is None and sim.effective.n_parameters() == 5
+    learner.warmup(state, 2)
+    rows, targets = learner.data.arrays()
+    untrained = mean_squared_error(sim.effective, rows, targets, scale=learner.scale)
+    learner.fit_initial()
+    result = learner.run_round(state)
+    weights = sim.effective.parameters()["weights"]
+    assert np.all(weights[2:] != 0) and np.isfinite(result.validation_loss)
+    assert mean_squared_error(sim.effective, rows, targets, scale=learner.scale) < untrained
 
 
 @pytest.mark.parametrize("kind", ["stout", "cask"])

@@ -7,6 +7,7 @@ every row starts from those links. Rows:
 - exact HMC at m = 0.3;
 - untrained SLHMC: identity links (no layers) at m_eff = 0.4, read-out (0, 1, 1);
 - `loops` (plaquette, rectangle, chair, Polyakov; least squares);
+- `stout0`: no layers, the read-out alone trained (c_g, c_f at m_eff = 0.4, with `cg` the hopping terms too);
 - `stout` with 1, 2 and 4 layers, `cask` with 1, 2 and 4 layers (m_eff = 0.4; plaquette and rectangle kernels).
 
 Each self-learning row is trained with the framework's own loop (`core.learning.SelfLearning`: exact-HMC
@@ -44,7 +45,7 @@ from slmc_hpc.config import config_from_dict
 from slmc_hpc.core.chains import ChainState, chain_streams, initial_state
 from slmc_hpc.core.learning import SelfLearning
 
-ROWS = ("hmc", "untrained", "loops", "stout1", "stout2", "stout4", "cask1", "cask2", "cask4")
+ROWS = ("hmc", "untrained", "loops", "stout0", "stout1", "stout2", "stout4", "cask1", "cask2", "cask4")
 TRAINING = {
     "warmup_sweeps": 4,
     "rounds": 4,
@@ -67,7 +68,7 @@ def job(row: str, evaluator: str, chains: int, seed: int) -> dict:
         "seed": seed,
     }
     if row != "hmc":
-        kind = "stout" if row == "untrained" else row.rstrip("124")
+        kind = "stout" if row == "untrained" else row.rstrip("0124")
         layers = 0 if row == "untrained" else int(row[-1]) if row[-1].isdigit() else 0
         loops = ["plaquette", "rectangle", "chair", "polyakov"] if kind == "loops" else ["plaquette", "rectangle"]
         settings["effective"] = {"kind": kind, "n_layers": layers, "loops": loops, "mass": 0.4}

@@ -485,7 +485,7 @@ class SelfLearning:
         self.linear_rounds = int(training_config.linear_rounds)
         self.seen = 0  # configurations this rank has split into training and validation data
         self.trainer = None
-        if isinstance(effective, Trainable):
+        if isinstance(effective, Trainable) and effective.GRADIENT_PARAMETERS:  # a network of no layers: read-out
             self.trainer = Trainer(effective, training_config, self.scale, comm=comm, seed=seed)
         self.round = 0
         self.history: dict[str, list[float]] = {name: [] for name in HISTORY}
