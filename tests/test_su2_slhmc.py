@@ -46,7 +46,7 @@ def effective_action(
         return model
     model = SmearedAction(lattice, kind, ("plaquette", "rectangle"), n_layers, 2.7, mass, n_flavors, pseudofermions)
     randomise(model.module.network, seed, scale=0.03, lead=0.05)
-    model.set_readout(5.0, np.array([0.95, 1.1, -0.03, 0.02] if pseudofermions else [0.95, 1.1]))
+    model.set_readout(5.0, np.array([0.95, 1.1, -0.03, 0.02, -0.002] if pseudofermions else [0.95, 1.1]))
     return model
 
 
@@ -54,7 +54,7 @@ def effective_action(
 def test_effective_force_is_a_finite_difference_of_the_effective_action(kind):
     """d_a S_eff along a random direction: the force against central differences of S_eff (dense fermion part),
     and for the networks also the pseudofermion form S_g + phi^dag M_ee[U_NN; m_eff]^-1 phi, with and without the
-    hopping terms phi^dag phi + |D_oe[U_NN] phi|^2 (S_eff of `pseudofermion_rows`, the form training fits)."""
+    hopping terms phi^dag A^k phi (S_eff of `pseudofermion_rows`, the form training fits)."""
     sim = simulation(SHAPE)
     model = effective_action(kind, sim.lattice)
     links = rough_links(sim.lattice, 1, 2)
@@ -225,7 +225,7 @@ def cg_learner(kind: str = "stout", n_layers: int = 1):
 def test_cg_training_data_pair_each_configuration_with_its_trajectorys_pseudofermion():
     """With cg every datum is (links, phi) with the target S_g + phi^dag M^-1 phi under that phi (checked against a
     dense solve), and S_eff of a datum is evaluated under the same phi:
-    c_0 + c_g S_g + c_f phi^dag M_NN^-1 phi + c_n phi^dag phi + c_h |D_oe[U_NN] phi|^2."""
+    c_0 + c_g S_g + c_f phi^dag M_NN^-1 phi + sum_k c_k phi^dag A^k phi, A = -D_eo D_oe[U_NN] (k = 0, 1, 2)."""
     from slmc_hpc.systems.su2_staggered import gauge
     from slmc_hpc.systems.su2_staggered.effective import split_rows
 
@@ -239,12 +239,14 @@ def test_cg_training_data_pair_each_configuration_with_its_trajectorys_pseudofer
     exact = exact + staggered.pseudofermion_action_dense(links, sim.lattice, 0.3, phi)
     assert np.allclose(targets, exact.numpy(), rtol=1e-10, atol=0)
     model = sim.effective
-    model.set_readout(3.0, np.array([0.9, 1.2, -0.1, 0.03]))
+    model.set_readout(3.0, np.array([0.9, 1.2, -0.1, 0.03, -0.004]))
     smeared = model.smear(links)
     fermion = staggered.pseudofermion_action_dense(smeared, sim.lattice, 0.4, phi)
-    norm = (phi.abs() ** 2).sum(dim=(1, 2))
-    hop = (staggered.dense_deo(smeared, sim.lattice).mH @ phi.reshape(len(phi), -1, 1)).abs().square().sum(dim=(1, 2))
-    expected = 3.0 + 0.9 * gauge.gauge_action(links, sim.lattice, 2.7) + 1.2 * fermion - 0.1 * norm + 0.03 * hop
+    deo, column = staggered.dense_deo(smeared, sim.lattice), phi.reshape(len(phi), -1, 1)
+    a = deo @ deo.mH  # A = -D_eo D_oe with D_oe = -D_eo^dag
+    hops = [(column.mH @ torch.linalg.matrix_power(a, k) @ column).real.reshape(-1) for k in range(3)]
+    expected = 3.0 + 0.9 * gauge.gauge_action(links, sim.lattice, 2.7) + 1.2 * fermion
+    expected = expected - 0.1 * hops[0] + 0.03 * hops[1] - 0.004 * hops[2]
     assert np.allclose(model.energy(rows), expected.numpy(), rtol=1e-10, atol=0)
 
 
@@ -254,7 +256,7 @@ def test_a_network_of_no_layers_trains_its_readout_alone():
     from slmc_hpc.core.learning import mean_squared_error
 
     sim, state, learner = cg_learner(n_layers=0)
-    assert learner.trainer is None and sim.effective.n_parameters() == 5
+    assert learner.trainer is None and sim.effective.n_parameters() == 6
     learner.warmup(state, 2)
     rows, targets = learner.data.arrays()
     untrained = mean_squared_error(sim.effective, rows, targets, scale=learner.scale)

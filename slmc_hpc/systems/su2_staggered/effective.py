@@ -14,9 +14,9 @@ worst and a linear solve fits best:
   With `cg`, training data are (links, phi) rows (`pseudofermion_rows`) whose targets are the true
   S_g + phi^dag M_ee^-1 phi under that phi: S_eff is fitted in the form the MD integrates and the test compares
   with, so the read-out and the rhos learn phi^dag M^-1 phi's fluctuations, which a fit on log det cannot see.
-  With `cg` S_eff also has two hopping terms, c_n phi^dag phi + c_h |D_oe[U_NN] phi|^2 (start 0): the first
-  orders of the large-mass expansion, which with the heavy S_f fit the light phi^dag M_ee^-1 phi for one hop and
-  no extra solve (`SmearedAction`).
+  With `cg` S_eff also has the hopping terms sum_k c_k phi^dag A^k phi, A = -D_oe D_eo[U_NN], k = 0..HOPPING_ORDER
+  (start 0): the first orders of the large-mass expansion, which with the heavy S_f fit the light
+  phi^dag M_ee^-1 phi for a few hops and no extra solve (`SmearedAction`).
 
 The force through the network is the chain rule done once: the analytic fermion force F at the smeared links
 (the exact evaluators' own functions) becomes torch's gradient G = 2 (F.T) U_NN there (any G with
@@ -49,6 +49,11 @@ from slmc_hpc.systems.su2_staggered.smearing import CaskNetwork, StoutNetwork
 #: Read-out parameters (solved by least squares); everything else of a model fixes its features.
 READOUT_PARAMETERS = ("offset", "weights")
 
+
+#: Orders k = 0..HOPPING_ORDER of the hopping terms phi^dag A^k phi of the `cg` read-out (`SmearedAction`). At the
+#: seeds' point the spread of S - S_eff along a trajectory is 0.82 without them, 0.52 / 0.35 / 0.22 up to order
+#: 0 / 1 / 2: each order costs two hops per force, against a CG's ~2 x 36.
+HOPPING_ORDER = 2
 
 #: Rows per pass when a whole data set is evaluated (each row holds a dense M_ee: 1 MB at 4^4, 256 MB at 8^4).
 CHUNK = 32
@@ -153,7 +158,7 @@ class LoopAction:
 class _SmearedEnergy(nn.Module):
     """The torch module the trainer differentiates: c_0 + c_g S_g[U] + c_f S_f[U_NN[U]; m_eff], of link fields
     (S_f the dense log det) or of `pseudofermion_rows` (S_f = phi^dag M_ee^-1 phi under the row's phi, plus
-    c_n phi^dag phi + c_h |D_oe[U_NN] phi|^2 where the owner has the hopping terms)."""
+    sum_k c_k phi^dag A^k phi where the owner has the hopping terms)."""
 
     def __init__(self, owner: SmearedAction, network: nn.Module, n_weights: int):
         super().__init__()
@@ -171,21 +176,20 @@ class _SmearedEnergy(nn.Module):
         fermion = owner.fermion_action(smeared, phi)
         energy = self.offset + self.weights[0] * owner.gauge_action(links) + self.weights[1] * fermion
         if owner.hopping and phi is not None:
-            norm, hop = owner.hopping_terms(smeared, phi)
-            energy = energy + self.weights[2] * norm + self.weights[3] * hop
+            for weight, term in zip(self.weights[2:], owner.hopping_terms(smeared, phi), strict=True):
+                energy = energy + weight * term
         return energy
 
 
 class SmearedAction:
     """S_eff = c_0 + c_g S_g[U] + c_f S_f[U_NN[U]; m_eff], U_NN a stout network or CASK (`kind`).
 
-    With `pseudofermions` (the `cg` evaluator) S_eff also has the hopping terms
-    c_n phi^dag phi + c_h |D_oe[U_NN] phi|^2, the first two orders of phi^dag M_ee^-1 phi's large-mass expansion
-    (phi^dag M_ee phi = m^2 phi^dag phi + |D_oe phi|^2): with the heavy S_f they fit the light fermion's
-    phi^dag M_ee^-1 phi far better than a scale of S_f does (at the seeds' point the spread of S - S_eff along a
-    trajectory falls from 0.82 to 0.35), for one hop and no extra solve. phi^dag phi is constant in a trajectory
-    (no force): it takes up the spread of the action between the trajectories' pseudofermions, which a fit on
-    (S_eff - S)^2 would otherwise pay for with the other coefficients.
+    With `pseudofermions` (the `cg` evaluator) S_eff also has the hopping terms sum_k c_k phi^dag A^k phi,
+    A = M_ee - m^2 = -D_eo D_oe at the smeared links, k = 0..HOPPING_ORDER: the first orders of phi^dag M_ee^-1 phi's
+    large-mass expansion. With the heavy S_f they fit the light fermion's phi^dag M_ee^-1 phi far better than a scale
+    of S_f does, for a few hops and no extra solve. phi^dag phi (k = 0) is constant in a trajectory (no force): it
+    takes up the spread of the action between the trajectories' pseudofermions, which a fit on (S_eff - S)^2 would
+    otherwise pay for with the other coefficients.
     """
 
     READOUT_PARAMETERS = READOUT_PARAMETERS
@@ -206,7 +210,7 @@ class SmearedAction:
         self.kind, self.lattice, self.classes = kind, lattice, check_classes(classes)
         self.n_layers, self.beta, self.mass, self.n_flavors = int(n_layers), float(beta), float(mass), int(n_flavors)
         self.hopping = bool(pseudofermions and self.n_flavors)
-        self.n_readout = 5 if self.hopping else 3
+        self.n_readout = 3 + (HOPPING_ORDER + 1 if self.hopping else 0)
         network_class = StoutNetwork if kind == "stout" else CaskNetwork
         self.module = _SmearedEnergy(self, network_class(lattice, self.classes, self.n_layers), self.n_readout - 1)
         self.GRADIENT_PARAMETERS = tuple(
@@ -226,11 +230,24 @@ class SmearedAction:
             return staggered.pseudofermion_action_adjoint(smeared, self.lattice, self.mass, phi)[0]
         return staggered.fermion_action_dense(smeared, self.lattice, self.mass, self.n_flavors)
 
-    def hopping_terms(self, smeared: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(phi^dag phi, |D_oe[U_NN] phi|^2) per row, differentiable in the smeared links."""
-        norm = torch.view_as_real(phi).square().sum(dim=(1, 2, 3))
-        hop = torch.view_as_real(staggered.apply_doe(smeared, self.lattice, phi)).square().sum(dim=(1, 2, 3))
-        return norm, hop
+    def hopping_terms(self, smeared: torch.Tensor, phi: torch.Tensor) -> list[torch.Tensor]:
+        """phi^dag A^k phi per row for k = 0..HOPPING_ORDER, differentiable in the smeared links: |v_k|^2 with
+        v_0 = phi and v_k = D_oe v_(k-1) (k odd) or D_eo v_(k-1) (k even), as D_oe^dag = -D_eo."""
+        terms, v = [], phi
+        for k in range(HOPPING_ORDER + 1):
+            if k:
+                v = (staggered.apply_doe if k % 2 else staggered.apply_deo)(smeared, self.lattice, v)
+            terms.append(torch.view_as_real(v).square().sum(dim=(1, 2, 3)))
+        return terms
+
+    def _hopping_force(self, smeared: torch.Tensor, phi: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """d_a sum_k c_k phi^dag A^k phi [B, 4, V, 3] at the smeared links, by autograd (a few hops)."""
+        with torch.enable_grad():
+            u = smeared.detach().requires_grad_(True)
+            terms = self.hopping_terms(u, phi)[1:]  # phi^dag phi has no force
+            energy = sum(float(w) * term for w, term in zip(weights[1:], terms, strict=True))
+            (grad,) = torch.autograd.grad(energy.sum(), u)
+        return trace_generators(mm(smeared, dagger(grad)))
 
     def split(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(links, phi) of `pseudofermion_rows` (2-d), or (links, None) of link fields."""
@@ -258,7 +275,8 @@ class SmearedAction:
                 columns = [torch.ones_like(gauge_part), gauge_part, self.fermion_action(smeared, phi)]
                 if self.hopping:
                     zero = torch.zeros_like(gauge_part)
-                    columns.extend(self.hopping_terms(smeared, phi) if phi is not None else (zero, zero))
+                    hopping = self.hopping_terms(smeared, phi) if phi is not None else None
+                    columns.extend(hopping if hopping is not None else [zero] * (HOPPING_ORDER + 1))
                 parts.append(torch.stack(columns, dim=1).numpy())
         return np.concatenate(parts) if parts else np.zeros((0, self.n_readout))
 
@@ -285,18 +303,17 @@ class SmearedAction:
         model has it), carried back through the network."""
         weights = self.module.weights.detach()
         w_gauge, w_fermion = float(weights[0]), float(weights[1])
-        w_hop = float(weights[3]) if self.hopping and pseudofermions is not None else 0.0
+        w_hop = weights[2:] if self.hopping and pseudofermions is not None else torch.zeros(0, dtype=RDTYPE)
+        hops = bool(torch.any(w_hop[1:] != 0))
         force = w_gauge * gauge.gauge_force(links, self.lattice, self.beta)
-        if not self.n_flavors or (w_fermion == 0.0 and w_hop == 0.0):
+        if not self.n_flavors or (w_fermion == 0.0 and not hops):
             return force
 
         def at(smeared: torch.Tensor) -> torch.Tensor:
             """The fermion part's force at the links the fermion sees."""
             fermion = w_fermion * self._fermion_force(smeared, pseudofermions, count_iterations, tol, max_iter)
-            if w_hop:  # d|D_oe phi|^2 = phi^dag dM_ee phi: the pseudofermion force's expression at X = phi, negated
-                fermion = fermion - w_hop * staggered.pseudofermion_force_from_solution(
-                    smeared, self.lattice, pseudofermions
-                )
+            if hops:
+                fermion = fermion + self._hopping_force(smeared, pseudofermions, w_hop)
             return fermion
 
         if not len(self.module.network.layers):
