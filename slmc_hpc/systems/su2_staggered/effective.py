@@ -14,7 +14,7 @@ worst and a linear solve fits best:
   With `cg`, training data are (links, phi) rows (`pseudofermion_rows`) whose targets are the true
   S_g + phi^dag M_ee^-1 phi under that phi: S_eff is fitted in the form the MD integrates and the test compares
   with, so the read-out and the rhos learn phi^dag M^-1 phi's fluctuations, which a fit on log det cannot see.
-  With `cg` S_eff also has the hopping terms sum_k c_k phi^dag A^k phi, A = -D_oe D_eo[U_NN], k = 0..HOPPING_ORDER
+  With `cg` S_eff also has the hopping terms sum_k c_k phi^dag A^k phi, A = -D_eo D_oe[U_NN], k = 0..HOPPING_ORDER
   (start 0): the first orders of the large-mass expansion, which with the heavy S_f fit the light
   phi^dag M_ee^-1 phi for a few hops and no extra solve (`SmearedAction`).
 
@@ -299,8 +299,8 @@ class SmearedAction:
         tol: float = CG_TOL,
         max_iter: int = CG_MAX_ITER,
     ) -> torch.Tensor:
-        """d_a S_eff [B, 4, V, 3]: the gauge force plus the fermion force at U_NN (with the hopping term's where the
-        model has it), carried back through the network."""
+        """d_a S_eff [B, 4, V, 3]: the gauge force plus the fermion force at U_NN (with the hopping terms' where the
+        model has them), carried back through the network."""
         weights = self.module.weights.detach()
         w_gauge, w_fermion = float(weights[0]), float(weights[1])
         w_hop = weights[2:] if self.hopping and pseudofermions is not None else torch.zeros(0, dtype=RDTYPE)
