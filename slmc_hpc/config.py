@@ -253,6 +253,23 @@ def defaults(kind: str | None = None) -> dict[str, Any]:
     return copy.deepcopy(_system_tables(kind or DEFAULT_KIND)[0])
 
 
+def list_keys(kind: str | None = None) -> frozenset[str]:
+    """The dotted keys of a system (the default system's if None) whose value is a list: a list given for one of
+    them is its value, a list of lists a scan (`scan.scanned_keys`)."""
+    from slmc_hpc.systems import DEFAULT_KIND, get_system
+
+    kind = kind or DEFAULT_KIND
+    table = _system_tables(kind)[0]
+    listed = {
+        f"{s}.{k}"
+        for s, keys in table.items()
+        if isinstance(keys, dict)
+        for k, v in keys.items()
+        if isinstance(v, list)
+    }
+    return frozenset(listed) | get_system(kind).schema.list_keys
+
+
 def _kind(data: Mapping[str, Any]) -> str:
     """`model.kind` of a (partial) job, checked against the registry; the default system where absent."""
     from slmc_hpc.systems import DEFAULT_KIND, KINDS

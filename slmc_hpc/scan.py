@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from ruamel.yaml import YAML
 
-from slmc_hpc.config import SECTIONS, Config, config_from_dict, defaults, parse_yaml, show
+from slmc_hpc.config import SECTIONS, Config, config_from_dict, defaults, list_keys, parse_yaml, show
 from slmc_hpc.errors import ConfigError, InputError
 
 SCAN_KEY = "scan"
@@ -48,7 +48,8 @@ def _kind(data: Mapping) -> str | None:
 
 def scanned_keys(data: Mapping) -> dict[str, list]:
     """Dotted key -> its list of values, for every key of `data` given as a list where it takes one value."""
-    base = defaults(_kind(data) if isinstance(_kind(data), str) else None)
+    kind = _kind(data) if isinstance(_kind(data), str) else None
+    base, listed = defaults(kind), list_keys(kind)
     grid = {}
     for section, values in data.items():
         if section not in SECTIONS or not isinstance(values, Mapping):
@@ -56,7 +57,7 @@ def scanned_keys(data: Mapping) -> dict[str, list]:
         for key, value in values.items():
             if not isinstance(value, list) or key not in base.get(section, {}):
                 continue
-            takes_list = isinstance(base[section][key], list)
+            takes_list = f"{section}.{key}" in listed
             if takes_list and not (value and all(isinstance(v, list) for v in value)):
                 continue  # a single value of a list-valued key, such as shape: [4, 4, 4, 4]
             if (section, key) == ("model", "kind"):

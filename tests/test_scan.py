@@ -48,6 +48,10 @@ def test_lists_expand_into_named_points_and_errors_name_key_and_point():
     gauge = expand({"model": {"kind": "su2_staggered", "shape": [[4, 4, 4, 4], [6, 6, 6, 6]]}})
     assert [p.name for p in gauge] == ["shape4x4x4x4", "shape6x6x6x6"]
     assert expand({"model": {"kind": "su2_staggered", "shape": [4, 4, 4, 4]}}) == []  # one value: no scan
+    loops = {"model": {"kind": "su2_staggered"}, "effective": {"kind": "loops", "loops": ["plaquette", "polyakov"]}}
+    assert expand(loops) == []  # a list-valued key whose default (auto) is not a list: one value
+    loops["effective"]["loops"] = [["plaquette"], ["plaquette", "polyakov"]]
+    assert [p.config.effective.loops for p in expand(loops)] == [["plaquette"], ["plaquette", "polyakov"]]
     assert point_name({"sampler.kind": "slmc", "effective.kind": "linear"}) == "sampler_kindslmc_effective_kindlinear"
     with pytest.raises(ConfigError, match=r"^model.T: must be > 0.*\(scan point T-1\)$"):
         expand({"model": {"T": [0.1, -1]}})

@@ -26,6 +26,7 @@ from tests.test_su2_smearing import direction, lie_fd, randomise, rough_links
 torch.set_num_threads(1)
 
 ALL = ("plaquette", "rectangle", "chair", "polyakov")
+EVERY = ALL + ("polyakov_x", "polyakov_y", "polyakov_z")  # loops: auto
 SHAPE = (4, 2, 2, 2)
 
 
@@ -41,8 +42,8 @@ def effective_action(
     """An effective action with nonzero parameters (rhos drawn; the loops read-out near the Wilson action; with
     `pseudofermions`, the hopping terms too)."""
     if kind == "loops":
-        model = LoopAction(lattice, ALL, 2.7)
-        model.set_readout(100.0, np.array([-1.2, 0.05, -0.02, 0.1]))
+        model = LoopAction(lattice, EVERY, 2.7)
+        model.set_readout(100.0, np.array([-1.2, 0.05, -0.02, 0.1, 0.06, 0.04, 0.05]))
         return model
     model = SmearedAction(lattice, kind, ("plaquette", "rectangle"), n_layers, 2.7, mass, n_flavors, pseudofermions)
     randomise(model.module.network, seed, scale=0.03, lead=0.05)
@@ -186,6 +187,24 @@ def test_loops_trained_with_cg_is_refused_naming_the_key(tmp_path):
     job["effective"] = {"kind": "loops", "loops": ["plaquette", "rectangle"]}
     proc = run_job(1, write_job(tmp_path, "bad", job), check=False)
     assert proc.returncode == 2 and "effective.load" in proc.stderr and "loops" in proc.stderr
+
+
+def test_loop_classes_auto_resolves_by_kind_and_a_bad_class_names_the_key():
+    """`effective.loops: auto`: loops fits every class (the Polyakov lines in x, y, z too), the networks smear with
+    the four of DESIGN §9; a listed class must be one of the seven."""
+    from slmc_hpc.config import config_from_dict
+    from slmc_hpc.errors import ConfigError
+    from slmc_hpc.systems.su2_staggered.effective import loop_classes, make_effective
+
+    def job(kind, loops="auto"):
+        return config_from_dict({"model": {"kind": "su2_staggered"}, "effective": {"kind": kind, "loops": loops}})
+
+    assert loop_classes(job("loops").effective) == EVERY
+    assert make_effective(job("loops"), simulation(SHAPE).lattice).n_parameters() == 1 + len(EVERY)
+    assert loop_classes(job("stout").effective) == loop_classes(job("cask").effective) == ALL
+    assert loop_classes(job("loops", ["plaquette", "polyakov_x"]).effective) == ("plaquette", "polyakov_x")
+    with pytest.raises(ConfigError, match=r"^effective.loops: must be one of .*polyakov_z, got 'wilson'"):
+        job("loops", ["plaquette", "wilson"])
 
 
 def test_adjoint_pseudofermion_action_differentiates_to_the_pseudofermion_force():

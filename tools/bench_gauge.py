@@ -72,7 +72,7 @@ SLHMC_TIMING_TRAJECTORIES = 2
 
 #: The SLHMC of each evaluator (the best of tools/slhmc_table.py at 4^4 for what it costs).
 EFFECTIVE = {
-    "dense": {"kind": "loops", "loops": ["plaquette", "rectangle", "chair", "polyakov"]},
+    "dense": {"kind": "loops", "loops": "auto"},
     "cg": {"kind": "stout", "n_layers": 0, "loops": ["plaquette", "rectangle"], "mass": 0.4},
 }
 TRAIN_SIZE = 4

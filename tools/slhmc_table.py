@@ -6,7 +6,7 @@ every row starts from those links. Rows:
 
 - exact HMC at m = 0.3;
 - untrained SLHMC: identity links (no layers) at m_eff = 0.4, read-out (0, 1, 1);
-- `loops` (plaquette, rectangle, chair, Polyakov; least squares);
+- `loops` (plaquette, rectangle, chair, the Polyakov lines in t, x, y, z; least squares);
 - `stout0`: no layers, the read-out alone trained (c_g, c_f at m_eff = 0.4, with `cg` the hopping terms too);
 - `stout` with 1, 2 and 4 layers, `cask` with 1, 2 and 4 layers (m_eff = 0.4; plaquette and rectangle kernels).
 
@@ -70,7 +70,7 @@ def job(row: str, evaluator: str, chains: int, seed: int) -> dict:
     if row != "hmc":
         kind = "stout" if row == "untrained" else row.rstrip("0124")
         layers = 0 if row == "untrained" else int(row[-1]) if row[-1].isdigit() else 0
-        loops = ["plaquette", "rectangle", "chair", "polyakov"] if kind == "loops" else ["plaquette", "rectangle"]
+        loops = "auto" if kind == "loops" else ["plaquette", "rectangle"]  # loops: every class
         settings["effective"] = {"kind": kind, "n_layers": layers, "loops": loops, "mass": 0.4}
         settings["sampler"]["kind"] = "slhmc"
     return settings

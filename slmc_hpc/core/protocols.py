@@ -206,6 +206,9 @@ class Schema:
     check: Callable[[Any], None] = lambda config: None
     #: Per `evaluator.kind`, the settings `evaluator.options` may hold, each with its rule.
     evaluator_options: Mapping[str, Mapping[str, Callable[[str, Any], Any]]] = field(default_factory=dict)
+    #: Dotted keys that take a list although their default is not one (`effective.loops: auto`): a list given for
+    #: them is one value, not a scan (keys whose default is a list are such keys already).
+    list_keys: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -48,11 +48,8 @@ import torch
 from . import gauge
 from .lattice import Lattice4D
 from .links import mm, re_trace, trace_generators
+from .schema import EXTRA_CLASSES, LOOP_CLASSES
 
-#: The loop classes of the configuration key `effective.loops` (docs/design.md §9).
-LOOP_CLASSES: tuple[str, ...] = ("plaquette", "rectangle", "chair", "polyakov")
-#: The spatial Polyakov lines, which the public code also offers.
-EXTRA_CLASSES: tuple[str, ...] = ("polyakov_x", "polyakov_y", "polyakov_z")
 _POLYAKOV_DIRECTION = {"polyakov_x": 0, "polyakov_y": 1, "polyakov_z": 2, "polyakov": 3}
 
 #: A path is a sequence of unit steps (direction, +1 or -1); +1 multiplies U_mu(x), -1 multiplies U_mu(x - mu)^dag.

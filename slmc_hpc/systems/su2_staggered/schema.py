@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from slmc_hpc.config import (
+    AUTO,
     ConfigError,
     at_least,
     auto_or,
@@ -26,7 +27,11 @@ from slmc_hpc.core.protocols import Schema
 EVALUATOR_KINDS = ("dense", "cg")
 EFFECTIVE_KINDS = ("loops", "stout", "cask")
 SAMPLER_KINDS = ("hmc", "slhmc")
-LOOP_CLASSES = ("plaquette", "rectangle", "chair", "polyakov")
+#: The loop classes of `effective.loops` (docs/design.md §9; shapes and sums in `loops`).
+LOOP_CLASSES: tuple[str, ...] = ("plaquette", "rectangle", "chair", "polyakov")
+#: The Polyakov lines in x, y, z, which the public code also offers. On a small lattice they are short loops
+#: that the fermion determinant depends on strongly (at 4^4 they are 4 links long, as the plaquette).
+EXTRA_CLASSES: tuple[str, ...] = ("polyakov_x", "polyakov_y", "polyakov_z")
 FLAVORS = (0, 2, 4)
 
 DEFAULT_YAML = """\
@@ -42,7 +47,7 @@ evaluator:
 effective:
   kind: stout             # loops | stout | cask (the self-learning HMC's effective action)
   n_layers: 2
-  loops: [plaquette, rectangle, chair, polyakov]
+  loops: auto             # loop classes (auto: loops all seven, stout and cask the first four; see the README)
   mass: 0.4               # m_eff of the fermion action inside S_eff
   load: null              # an earlier run's HDF5 file whose trained model to use (frozen: skips training)
   init: null              # an earlier run's HDF5 file whose model starts the training
@@ -96,13 +101,16 @@ def _flavors(path: str, value: Any) -> int:
     return int(value)
 
 
-def _loops(path: str, value: Any) -> list[str]:
+def _loops(path: str, value: Any) -> list[str] | str:
+    if value == AUTO:
+        return AUTO
+    known = LOOP_CLASSES + EXTRA_CLASSES
     if not isinstance(value, Sequence) or isinstance(value, str) or not value:
         raise ConfigError(
-            f"{path}: expected a list of loop classes out of {', '.join(LOOP_CLASSES)}, got {show(value)}"
+            f"{path}: expected auto or a list of loop classes out of {', '.join(known)}, got {show(value)}"
         )
     for item in value:
-        choice(*LOOP_CLASSES)(path, item)
+        choice(*known)(path, item)
     if len(set(value)) != len(value):
         raise ConfigError(f"{path}: a loop class is listed twice, got {show(value)}")
     return list(value)
@@ -160,4 +168,10 @@ def check(cfg) -> None:
         )
 
 
-SCHEMA = Schema(defaults_yaml=DEFAULT_YAML, rules=RULES, check=check, evaluator_options=EVALUATOR_OPTIONS)
+SCHEMA = Schema(
+    defaults_yaml=DEFAULT_YAML,
+    rules=RULES,
+    check=check,
+    evaluator_options=EVALUATOR_OPTIONS,
+    list_keys=frozenset({"effective.loops"}),
+)
