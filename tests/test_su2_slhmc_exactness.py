@@ -94,7 +94,9 @@ def test_frozen_slhmc_agrees_with_exact_hmc(kind, n_flavors, evaluator, exact_re
     state = initial_state(sampler.action, warm.config.copy(), chain_streams(23, range(CHAINS)), range(CHAINS))
     results, acceptance = sample(sampler, state, model)
     print(f"{kind} Nf = {n_flavors} {evaluator}: acceptance hmc {exact_acceptance:.2f}, slhmc {acceptance:.2f}")
-    assert acceptance > 0.1, "a fitted model should be accepted often (loops 0.2-0.3 here, the networks 0.75)"
+    assert acceptance > 0.1, (
+        "a fitted model should be accepted often (loops 0.78 here with every class, the networks 0.75)"
+    )
     for name in OBSERVED:
         (a, ea), (b, eb) = reference[name], results[name]
         print(f"  {name}: hmc {a:.4f} ± {ea:.4f}, slhmc {b:.4f} ± {eb:.4f}, z = {(a - b) / np.hypot(ea, eb):+.2f}")
