@@ -41,7 +41,6 @@ LONG_FIRST = (
     "test_size_transfer.py",  # computes `exact_local_mc` early; test_spin_hmc.py reads it later, not alongside
     "test_jobs.py",
     "test_restart.py",
-    "test_scan.py",  # ~2.5 min of mpirun jobs: late in the run it was a tail on one worker
     "test_su2_run.py",
     "test_su2_slhmc.py",
     "test_su2_slhmc_exactness.py",
