@@ -21,12 +21,10 @@ from tests.test_run import _merge
 from tests.test_su2_hmc import chains, forward_and_back, simulation
 from tests.test_su2_run import DESIGN_JOB, write_job
 from tests.test_su2_run import run as run_job
-from tests.test_su2_smearing import direction, lie_fd, randomise, rough_links
+from tests.test_su2_smearing import ALL, EVERY, direction, lie_fd, randomise, rough_links
 
 torch.set_num_threads(1)
 
-ALL = ("plaquette", "rectangle", "chair", "polyakov")
-EVERY = ALL + ("polyakov_x", "polyakov_y", "polyakov_z")  # loops: auto
 SHAPE = (4, 2, 2, 2)
 
 
